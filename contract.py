@@ -26,6 +26,7 @@ Keys (all values are strings; structured values are JSON):
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -100,7 +101,7 @@ class InputStats:
             raise ContractError(f"{KEY_INPUT_STATS}.std has a negative entry")
         edges = _table(obj["decile_edges"], f"{KEY_INPUT_STATS}.decile_edges", n_features, N_BINS - 1)
         for j, row in enumerate(edges):
-            if any(b < a for a, b in zip(row, row[1:])):
+            if any(b < a for a, b in itertools.pairwise(row)):
                 raise ContractError(f"{KEY_INPUT_STATS}.decile_edges[{j}] is not sorted")
         freqs = _table(obj["decile_freqs"], f"{KEY_INPUT_STATS}.decile_freqs", n_features, N_BINS)
         for j, row in enumerate(freqs):
@@ -133,7 +134,9 @@ class ModelContract:
             raise ContractError("feature_names has duplicates")
         if self.task == TASK_CLASSIFICATION:
             if len(self.class_labels) < 2:
-                raise ContractError(f"classification needs at least 2 class labels, got {len(self.class_labels)}")
+                raise ContractError(
+                    f"classification needs at least 2 class labels, got {len(self.class_labels)}"
+                )
             if len({str(c) for c in self.class_labels}) != len(self.class_labels):
                 raise ContractError("class_labels has duplicates")
         elif not self.target_names:
@@ -167,13 +170,19 @@ class ModelContract:
     def from_metadata(cls, meta: dict[str, str]) -> ModelContract:
         """Parse and validate ``metadata_props``; raise :class:`ContractError` naming the first problem."""
         if KEY_CONTRACT_VERSION not in meta:
-            raise ContractError(f"no bnserve contract in the metadata (key {KEY_CONTRACT_VERSION} is missing)")
+            raise ContractError(
+                f"no bnserve contract in the metadata (key {KEY_CONTRACT_VERSION} is missing)"
+            )
         try:
             version = int(meta[KEY_CONTRACT_VERSION])
         except ValueError:
-            raise ContractError(f"{KEY_CONTRACT_VERSION} is not an integer: {meta[KEY_CONTRACT_VERSION]!r}") from None
+            raise ContractError(
+                f"{KEY_CONTRACT_VERSION} is not an integer: {meta[KEY_CONTRACT_VERSION]!r}"
+            ) from None
         if version != CONTRACT_VERSION:
-            raise ContractError(f"contract version {version} is not supported (this build reads {CONTRACT_VERSION})")
+            raise ContractError(
+                f"contract version {version} is not supported (this build reads {CONTRACT_VERSION})"
+            )
         task = _require(meta, KEY_TASK)
         names = _json(meta, KEY_FEATURE_NAMES)
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):

@@ -1,0 +1,358 @@
+"""Export: fold the frozen statistics into the weights, write ONNX, and verify before anything is written.
+
+The folded graph (what is served) is ``[Gemm -> activation] * k -> Gemm -> Softmax / ArgMax`` on raw,
+unstandardized features. The unfolded graph (for inspection) keeps the standardization as ``Sub``/``Div`` and
+each BN as an inference-mode ``BatchNormalization`` node, so anyone can check that the fold is exact.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import dataclass
+from importlib import metadata as _metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import contract as C
+from training.data import Dataset, input_statistics
+from training.fold import fold_batchnorm, fold_output_scale, fold_standardization
+from training.train import TrainedModel, TrainResult
+
+OPSET = 17
+IR_VERSION = 8  # opset 17's IR: readable by every onnxruntime since 1.13
+TOLERANCE = 1e-5
+BATCH_DIM = "N"
+
+
+class ExportError(RuntimeError):
+    """The export refused to write a model (verification failed, bad repository, ...)."""
+
+
+def package_version() -> str:
+    try:
+        return _metadata.version("bnserve")
+    except _metadata.PackageNotFoundError:
+        return "0.0.0+local"
+
+
+@dataclass(frozen=True)
+class Affine:
+    """One folded layer ``act(x @ W + b)``; ``activation`` is an ONNX op type or None for the head."""
+
+    W: np.ndarray  # (in, out) float64
+    b: np.ndarray  # (out,) float64
+    activation: str | None
+
+
+def fold_model(model: TrainedModel) -> list[Affine]:
+    """The network as affine layers on raw features, folded in float64 (cast to float32 when written)."""
+    net = model.net
+    std = model.standardizer
+    act_op = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[net.config.activation]
+    layers: list[Affine] = []
+    first = True
+    for blk in net.blocks:
+        W, b = blk.linear.W.astype(np.float64), blk.linear.b
+        if first:
+            W, b = fold_standardization(W, b, std.mean, std.std)
+            first = False
+        if blk.bn is not None:
+            bn = blk.bn
+            W, b = fold_batchnorm(W, bn.gamma, bn.beta, bn.running_mean, bn.running_var, bn.eps, b)
+        layers.append(Affine(W, np.zeros(W.shape[1]) if b is None else np.asarray(b, np.float64), act_op))
+    W, b = net.head.W.astype(np.float64), net.head.b
+    if first:
+        W, b = fold_standardization(W, b, std.mean, std.std)
+    assert b is not None
+    if model.task == C.TASK_REGRESSION:
+        assert model.y_mean is not None and model.y_std is not None
+        W, b = fold_output_scale(W, b, model.y_std, model.y_mean)
+    layers.append(Affine(W, np.asarray(b, np.float64), None))
+    return layers
+
+
+def _f32(name: str, arr: np.ndarray) -> TensorProto:
+    return numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name)
+
+
+def _io(task: str, n_features: int, n_outputs: int) -> tuple[list, list]:
+    inputs = [helper.make_tensor_value_info(C.INPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, n_features])]
+    if task == C.TASK_CLASSIFICATION:
+        outputs = [
+            helper.make_tensor_value_info(C.OUTPUT_PROBABILITIES, TensorProto.FLOAT, [BATCH_DIM, n_outputs]),
+            helper.make_tensor_value_info(C.OUTPUT_LABEL, TensorProto.INT64, [BATCH_DIM]),
+        ]
+    else:
+        outputs = [
+            helper.make_tensor_value_info(C.OUTPUT_PREDICTION, TensorProto.FLOAT, [BATCH_DIM, n_outputs])
+        ]
+    return inputs, outputs
+
+
+def _head_nodes(task: str, pre: str) -> list:
+    """Nodes after the last Gemm, whose output is ``pre``."""
+    if task == C.TASK_CLASSIFICATION:
+        return [
+            helper.make_node("Softmax", [pre], [C.OUTPUT_PROBABILITIES], axis=-1, name="softmax"),
+            helper.make_node("ArgMax", [pre], [C.OUTPUT_LABEL], axis=1, keepdims=0, name="argmax"),
+        ]
+    return [helper.make_node("Identity", [pre], [C.OUTPUT_PREDICTION], name="prediction")]
+
+
+def _finish(graph: onnx.GraphProto, contract: C.ModelContract, version: int, doc: str) -> onnx.ModelProto:
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="bnserve",
+        producer_version=package_version(),
+        ir_version=IR_VERSION,
+        doc_string=doc,
+    )
+    model.model_version = version
+    helper.set_model_props(model, contract.to_metadata())
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def build_folded(layers: list[Affine], contract: C.ModelContract, version: int) -> onnx.ModelProto:
+    """The served graph: ``Gemm`` + activation per layer, then the task's head; no BatchNormalization."""
+    nodes, inits = [], []
+    h = C.INPUT_NAME
+    for i, layer in enumerate(layers):
+        w, b, z = f"layer{i}.W", f"layer{i}.b", f"layer{i}.z"
+        inits += [_f32(w, layer.W), _f32(b, layer.b)]
+        nodes.append(helper.make_node("Gemm", [h, w, b], [z], name=f"layer{i}.gemm"))
+        h = z
+        if layer.activation is not None:
+            a = f"layer{i}.a"
+            nodes.append(
+                helper.make_node(layer.activation, [z], [a], name=f"layer{i}.{layer.activation.lower()}")
+            )
+            h = a
+    nodes += _head_nodes(contract.task, h)
+    inputs, outputs = _io(contract.task, contract.n_features, contract.n_outputs)
+    graph = helper.make_graph(nodes, "bnserve_folded", inputs, outputs, inits)
+    doc = (
+        f"bnserve {contract.task} MLP on {contract.n_features} raw features; Batch Norm and input "
+        "standardization folded into the Gemm weights."
+    )
+    return _finish(graph, contract, version, doc)
+
+
+def build_unfolded(model: TrainedModel, contract: C.ModelContract, version: int) -> onnx.ModelProto:
+    """The same network with explicit standardization and inference-mode ``BatchNormalization`` nodes."""
+    net = model.net
+    act_op = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[net.config.activation]
+    nodes = [
+        helper.make_node("Sub", [C.INPUT_NAME, "std.mean"], ["centred"], name="standardize.sub"),
+        helper.make_node("Div", ["centred", "std.std"], ["standardized"], name="standardize.div"),
+    ]
+    inits = [_f32("std.mean", model.standardizer.mean), _f32("std.std", model.standardizer.std)]
+    h = "standardized"
+    for i, blk in enumerate(net.blocks):
+        inits.append(_f32(f"block{i}.W", blk.linear.W))
+        nodes.append(helper.make_node("MatMul", [h, f"block{i}.W"], [f"block{i}.z"], name=f"block{i}.matmul"))
+        h = f"block{i}.z"
+        if blk.linear.b is not None:
+            inits.append(_f32(f"block{i}.b", blk.linear.b))
+            nodes.append(helper.make_node("Add", [h, f"block{i}.b"], [f"block{i}.zb"], name=f"block{i}.add"))
+            h = f"block{i}.zb"
+        if blk.bn is not None:
+            bn = blk.bn
+            names = [f"block{i}.bn.{k}" for k in ("gamma", "beta", "mean", "var")]
+            inits += [_f32(n, v) for n, v in zip(names, (bn.gamma, bn.beta, bn.running_mean, bn.running_var))]
+            nodes.append(
+                helper.make_node(
+                    "BatchNormalization", [h, *names], [f"block{i}.bn"], epsilon=bn.eps, name=f"block{i}.bn"
+                )
+            )
+            h = f"block{i}.bn"
+        nodes.append(helper.make_node(act_op, [h], [f"block{i}.a"], name=f"block{i}.{act_op.lower()}"))
+        h = f"block{i}.a"
+    inits += [_f32("head.W", net.head.W), _f32("head.b", net.head.b)]
+    nodes.append(helper.make_node("Gemm", [h, "head.W", "head.b"], ["head.z"], name="head.gemm"))
+    h = "head.z"
+    if model.task == C.TASK_REGRESSION:
+        assert model.y_mean is not None and model.y_std is not None
+        inits += [_f32("target.std", model.y_std), _f32("target.mean", model.y_mean)]
+        nodes += [
+            helper.make_node("Mul", [h, "target.std"], ["head.scaled"], name="target.mul"),
+            helper.make_node("Add", ["head.scaled", "target.mean"], ["head.out"], name="target.add"),
+        ]
+        h = "head.out"
+    nodes += _head_nodes(model.task, h)
+    inputs, outputs = _io(contract.task, contract.n_features, contract.n_outputs)
+    graph = helper.make_graph(nodes, "bnserve_unfolded", inputs, outputs, inits)
+    doc = "bnserve MLP, unfolded for inspection: standardization and BatchNormalization kept as nodes."
+    return _finish(graph, contract, version, doc)
+
+
+def run_onnxruntime(model: onnx.ModelProto, X: np.ndarray) -> dict[str, np.ndarray]:
+    """All outputs of ``model`` on ``X`` in onnxruntime (CPU, one thread)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, {C.INPUT_NAME: X.astype(np.float32)})))
+
+
+def verify(
+    folded: onnx.ModelProto,
+    unfolded: onnx.ModelProto,
+    model: TrainedModel,
+    X: np.ndarray,
+    tol: float = TOLERANCE,
+) -> dict[str, float]:
+    """Compare the folded graph (onnxruntime) with the numpy test-time forward and with the unfolded graph
+    (``onnx.reference``) on raw rows ``X``; raise :class:`ExportError` if any gap exceeds ``tol``.
+
+    For classification the gap is the largest absolute difference in ``probabilities`` (and labels must agree
+    wherever the top two probabilities are further apart than ``tol``); for regression the largest
+    ``|a - b| / (1 + |b|)`` in ``prediction``.
+    """
+    key = C.OUTPUT_PROBABILITIES if model.task == C.TASK_CLASSIFICATION else C.OUTPUT_PREDICTION
+    X32 = X.astype(np.float32)
+    served = run_onnxruntime(folded, X32)
+    reference = np.asarray(model.output(X), dtype=np.float64)
+    ref_eval = ReferenceEvaluator(unfolded)
+    unfolded_out = dict(zip([o.name for o in unfolded.graph.output], ref_eval.run(None, {C.INPUT_NAME: X32})))
+
+    def gap(a: np.ndarray, b: np.ndarray) -> float:
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if not np.all(np.isfinite(a)):
+            return float("inf")
+        d = np.abs(a - b)
+        return float((d if key == C.OUTPUT_PROBABILITIES else d / (1.0 + np.abs(b))).max())
+
+    report = {
+        "folded_vs_numpy": gap(served[key], reference),
+        "folded_vs_unfolded": gap(served[key], unfolded_out[key]),
+        "unfolded_vs_numpy": gap(unfolded_out[key], reference),
+        "rows": float(len(X)),
+    }
+    worst = max(report["folded_vs_numpy"], report["folded_vs_unfolded"], report["unfolded_vs_numpy"])
+    if not worst <= tol:
+        raise ExportError(
+            f"verification failed: the folded model differs from the unfolded network by {worst:.3g} "
+            f"in {key} (tolerance {tol:g}) on {len(X)} held-out rows; nothing was written"
+        )
+    if key == C.OUTPUT_PROBABILITIES:
+        top2 = np.sort(reference, axis=1)[:, -2:]
+        clear = (top2[:, 1] - top2[:, 0]) > 2 * tol
+        if np.any(served[C.OUTPUT_LABEL][clear] != reference[clear].argmax(axis=1)):
+            raise ExportError("verification failed: the folded model's labels differ from the network's")
+    return report
+
+
+def make_contract(result: TrainResult, ds: Dataset, extra: dict[str, Any] | None = None) -> C.ModelContract:
+    """The model's self-description: features, labels, training input statistics and a training summary."""
+    sp = result.split
+    training = {
+        "dataset": ds.name,
+        "source": ds.source,
+        "rows": {"train": len(sp.train), "val": len(sp.val), "test": len(sp.test)},
+        **result.summary(),
+        "seed": result.config.seed,
+        "bn_stats": result.config.bn_stats,
+        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "numpy": np.__version__,
+        **(extra or {}),
+    }
+    return C.ModelContract(
+        task=ds.task,
+        feature_names=list(ds.feature_names),
+        input_stats=input_statistics(ds.X[sp.train]),
+        class_labels=list(ds.class_labels),
+        target_names=list(ds.target_names),
+        training=_json_safe(training),
+    )
+
+
+def _json_safe(obj: Any) -> Any:
+    """Replace non-finite floats (e.g. R² of a constant target) with None so the metadata is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def next_version(model_dir: Path) -> int:
+    """The next free integer version under ``<repository>/<name>/``."""
+    existing = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(existing, default=0) + 1
+
+
+def triton_config(name: str, contract: C.ModelContract) -> str:
+    """A ``config.pbtxt`` so that the same folder can be served by Triton's onnxruntime backend."""
+    if contract.task == C.TASK_CLASSIFICATION:
+        outputs = [
+            (C.OUTPUT_PROBABILITIES, "TYPE_FP32", f"[ -1, {contract.n_outputs} ]"),
+            (C.OUTPUT_LABEL, "TYPE_INT64", "[ -1 ]"),
+        ]
+    else:
+        outputs = [(C.OUTPUT_PREDICTION, "TYPE_FP32", f"[ -1, {contract.n_outputs} ]")]
+    out = ",\n".join(f'  {{\n    name: "{n}"\n    data_type: {t}\n    dims: {d}\n  }}' for n, t, d in outputs)
+    return (
+        f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
+        f'input [\n  {{\n    name: "{C.INPUT_NAME}"\n    data_type: TYPE_FP32\n    dims: [ -1, {contract.n_features} ]\n  }}\n]\n'
+        f"output [\n{out}\n]\n"
+    )
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    version: int
+    verification: dict[str, float]
+    unfolded_path: Path | None
+
+
+def export(
+    result: TrainResult,
+    ds: Dataset,
+    repository: str | Path,
+    name: str,
+    unfolded_path: str | Path | None = None,
+    tol: float = TOLERANCE,
+    version: int | None = None,
+) -> ExportReport:
+    """Fold, build, verify on the held-out split, then write ``<repository>/<name>/<version>/``."""
+    if not name or "/" in name or name.startswith("."):
+        raise ExportError(f"invalid model name {name!r}")
+    model_dir = Path(repository) / name
+    version = version or next_version(model_dir)
+    contract = make_contract(result, ds)
+    folded = build_folded(fold_model(result.model), contract, version)
+    unfolded = build_unfolded(result.model, contract, version)
+    held_out = ds.X[np.concatenate([result.split.val, result.split.test])]
+    report = verify(folded, unfolded, result.model, held_out, tol)
+
+    out_dir = model_dir / str(version)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise ExportError(f"{out_dir} exists already; refusing to overwrite a model version") from None
+    except OSError as exc:
+        raise ExportError(f"cannot create {out_dir}: {exc.strerror}") from None
+    path = out_dir / "model.onnx"
+    onnx.save(folded, str(path))
+    # Triton keeps one config.pbtxt per model, beside the version folders.
+    (model_dir / "config.pbtxt").write_text(triton_config(name, contract))
+    (out_dir / "history.json").write_text(json.dumps(result.history, indent=1) + "\n")
+    if unfolded_path is not None:
+        unfolded_path = Path(unfolded_path)
+        unfolded_path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(unfolded, str(unfolded_path))
+    return ExportReport(path, version, report, unfolded_path)

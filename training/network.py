@@ -1,0 +1,178 @@
+"""The MLP: ``[Linear (no bias) -> BatchNorm -> activation] * k -> Linear`` (logits or regression outputs)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from training.layers import ACTIVATIONS, Array, BatchNorm, Layer, Linear
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """Everything needed to rebuild the network's structure."""
+
+    n_in: int
+    n_out: int
+    hidden: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    batchnorm: bool = True
+    bn_momentum: float = 0.9
+    bn_eps: float = 1e-5
+    dtype: str = "float32"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+@dataclass
+class Block:
+    """One hidden layer: ``linear -> bn (optional) -> act``."""
+
+    linear: Linear
+    bn: BatchNorm | None
+    act: Layer
+
+
+class MLP:
+    """A stack of hidden blocks and an output Linear layer.
+
+    With ``batchnorm=True`` the hidden Linear layers have no bias (BN's ``beta`` does its job); without, they
+    have one. The output layer always has a bias. ``parameters`` and ``buffers`` are kept apart.
+    """
+
+    def __init__(self, config: MLPConfig, rng: np.random.Generator) -> None:
+        if config.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {config.activation!r}")
+        self.config = config
+        dtype = np.dtype(config.dtype)
+        init = "he" if config.activation == "relu" else "xavier"
+        self.blocks: list[Block] = []
+        width = config.n_in
+        for h in config.hidden:
+            linear = Linear(width, h, bias=not config.batchnorm, rng=rng, init=init, dtype=dtype)
+            bn = (
+                BatchNorm(h, momentum=config.bn_momentum, eps=config.bn_eps, dtype=dtype)
+                if config.batchnorm
+                else None
+            )
+            self.blocks.append(Block(linear, bn, ACTIVATIONS[config.activation]()))
+            width = h
+        self.head = Linear(width, config.n_out, bias=True, rng=rng, init="xavier", dtype=dtype)
+
+    @property
+    def layers(self) -> list[Layer]:
+        """All layers in forward order."""
+        out: list[Layer] = []
+        for b in self.blocks:
+            out.append(b.linear)
+            if b.bn is not None:
+                out.append(b.bn)
+            out.append(b.act)
+        out.append(self.head)
+        return out
+
+    def forward(self, x: Array, training: bool) -> Array:
+        """Logits (classification) or predictions (regression), shape ``(N, n_out)``."""
+        h = x
+        for layer in self.layers:
+            h = layer.forward(h, training)
+        return h
+
+    def backward(self, dout: Array) -> Array:
+        """Back-propagate ``dL/d(output)``; leaves the gradients on the layers and returns ``dL/dx``."""
+        d = dout
+        for layer in reversed(self.layers):
+            d = layer.backward(d)
+        return d
+
+    def _named(self) -> list[tuple[str, Layer]]:
+        named: list[tuple[str, Layer]] = []
+        for i, b in enumerate(self.blocks):
+            named.append((f"blocks.{i}.linear", b.linear))
+            if b.bn is not None:
+                named.append((f"blocks.{i}.bn", b.bn))
+        named.append(("head", self.head))
+        return named
+
+    def parameters(self) -> list[tuple[str, Array, Array]]:
+        """``(name, parameter, gradient)`` triples; the gradient is the one left by the last backward."""
+        out = []
+        for prefix, layer in self._named():
+            grads = layer.grads()
+            for key, p in layer.params().items():
+                out.append((f"{prefix}.{key}", p, grads[key]))
+        return out
+
+    def buffers(self) -> dict[str, Array]:
+        """Running statistics (not learned, not touched by the optimizer)."""
+        return {
+            f"{prefix}.{key}": buf for prefix, layer in self._named() for key, buf in layer.buffers().items()
+        }
+
+    def state_dict(self) -> dict[str, Array]:
+        """A copy of every parameter and buffer, by name."""
+        state = {name: p.copy() for name, p, _ in self.parameters()}
+        state.update({name: b.copy() for name, b in self.buffers().items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, Array]) -> None:
+        """Copy values back in place (the optimizer keeps references to the arrays)."""
+        current = {name: p for name, p, _ in self.parameters()}
+        current.update(self.buffers())
+        if current.keys() != state.keys():
+            raise KeyError(f"state keys differ: {sorted(current.keys() ^ state.keys())}")
+        for name, arr in current.items():
+            np.copyto(arr, state[name])
+
+    def hidden_preactivations(self, x: Array, training: bool) -> list[Array]:
+        """Each block's input to its activation (after BN when there is one), for inspection."""
+        out = []
+        h = x
+        for b in self.blocks:
+            z = b.linear.forward(h, training)
+            if b.bn is not None:
+                z = b.bn.forward(z, training)
+            out.append(z)
+            h = b.act.forward(z, training)
+        return out
+
+    def precise_statistics(
+        self, x: Array, batch_size: int, rng: np.random.Generator
+    ) -> list[tuple[Array, Array]]:
+        """Population statistics of each BN layer with the weights frozen (PreciseBN, Wu & Johnson 2021).
+
+        The data is cut into shuffled batches of ``batch_size`` (a trailing batch of fewer than 2 rows is
+        dropped); every batch is normalized with its own statistics exactly as in training, and each BN layer's
+        estimate is the equal-weight average over batches of the batch means and of the unbiased batch
+        variances. Nothing on the network changes; returns ``[(mean, var), ...]`` per BN layer.
+        """
+        bns = [b.bn for b in self.blocks if b.bn is not None]
+        sums = [(np.zeros(bn.num_features), np.zeros(bn.num_features)) for bn in bns]
+        order = rng.permutation(len(x))
+        n_batches = 0
+        for start in range(0, len(x), batch_size):
+            idx = order[start : start + batch_size]
+            if len(idx) < 2:
+                continue
+            n = len(idx)
+            h = x[idx]
+            k = 0
+            for b in self.blocks:
+                z = b.linear.forward(h, training=False)
+                if b.bn is not None:
+                    mu, var = b.bn.batch_statistics(z)
+                    sums[k][0][:] += mu
+                    sums[k][1][:] += var * (n / (n - 1))
+                    z = b.bn.gamma * (z - mu) / np.sqrt(var + b.bn.eps) + b.bn.beta
+                    k += 1
+                h = b.act.forward(z, training=False)
+            n_batches += 1
+        if n_batches == 0:
+            raise ValueError("precise statistics need at least one batch of 2 rows or more")
+        return [(m / n_batches, v / n_batches) for m, v in sums]

@@ -1,0 +1,116 @@
+"""Optimizers (SGD with momentum, Adam) and learning-rate schedules.
+
+Weight decay applies to weight matrices only, never to BN's gamma/beta nor to biases (a decayed gamma or
+bias changes the function, not its complexity). Parameters are updated in place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from training.network import MLP
+
+
+def decays(name: str) -> bool:
+    """Whether weight decay applies to the parameter called ``name`` (only Linear weights ``...W``)."""
+    return name.endswith(".W")
+
+
+class Optimizer:
+    """Base: holds the learning rate, updated by a schedule between epochs."""
+
+    def __init__(self, lr: float, weight_decay: float = 0.0) -> None:
+        if lr <= 0:
+            raise ValueError(f"learning rate must be positive, got {lr}")
+        if weight_decay < 0:
+            raise ValueError(f"weight decay must be >= 0, got {weight_decay}")
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.state: dict[str, dict[str, np.ndarray]] = {}
+
+    def step(self, net: MLP) -> None:
+        for name, p, g in net.parameters():
+            self.update(name, p, g)
+
+    def update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """SGD with (heavy-ball) momentum: ``v = momentum * v + g + wd * p``; ``p -= lr * v`` (L2 in the gradient)."""
+
+    def __init__(self, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> None:
+        super().__init__(lr, weight_decay)
+        self.momentum = momentum
+
+    def update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
+        if self.weight_decay and decays(name):
+            g = g + self.weight_decay * p
+        if self.momentum == 0.0:
+            p -= self.lr * g
+            return
+        st = self.state.setdefault(name, {})
+        v = st.get("v")
+        if v is None:
+            v = st["v"] = np.array(g, copy=True)
+        else:
+            v *= self.momentum
+            v += g
+        p -= self.lr * v
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015) with bias correction; weight decay is decoupled as in AdamW (Loshchilov & Hutter)."""
+
+    def __init__(
+        self,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(lr, weight_decay)
+        self.b1, self.b2 = betas
+        self.eps = eps
+        self.t = 0
+
+    def step(self, net: MLP) -> None:
+        self.t += 1
+        super().step(net)
+
+    def update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
+        st = self.state.setdefault(name, {})
+        if "m" not in st:
+            st["m"] = np.zeros_like(p)
+            st["v"] = np.zeros_like(p)
+        m, v = st["m"], st["v"]
+        m *= self.b1
+        m += (1.0 - self.b1) * g
+        v *= self.b2
+        v += (1.0 - self.b2) * (g * g)
+        step = self.lr * math.sqrt(1.0 - self.b2**self.t) / (1.0 - self.b1**self.t)
+        if self.weight_decay and decays(name):
+            p -= (self.lr * self.weight_decay) * p
+        p -= step * m / (np.sqrt(v) + self.eps)
+
+
+def make_optimizer(name: str, lr: float, weight_decay: float) -> Optimizer:
+    """``sgd`` (momentum 0.9) or ``adam``."""
+    if name == "sgd":
+        return SGD(lr, momentum=0.9, weight_decay=weight_decay)
+    if name == "adam":
+        return Adam(lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+
+
+def scheduled_lr(base_lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    """Learning rate for ``epoch`` (0-based) of ``epochs``: ``none``, ``cosine`` (to 0) or ``step`` (x0.1 at 50%, 75%)."""
+    if schedule == "none":
+        return base_lr
+    if schedule == "cosine":
+        return 0.5 * base_lr * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
+    if schedule == "step":
+        return base_lr * (0.1 ** ((epoch >= epochs // 2) + (epoch >= (3 * epochs) // 4)))
+    raise ValueError(f"schedule must be 'none', 'cosine' or 'step', got {schedule!r}")

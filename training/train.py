@@ -1,0 +1,239 @@
+"""The training loop: shuffled mini-batches, per-epoch validation, early stopping, test-time BN statistics."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from contract import TASK_CLASSIFICATION
+from training.data import Dataset, Split, Standardizer, split
+from training.layers import mean_squared_error, softmax, softmax_cross_entropy
+from training.network import MLP, MLPConfig
+from training.optim import make_optimizer, scheduled_lr
+
+BN_STATS = ("ewma", "precise")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one run (the network's shape is in :class:`MLPConfig`)."""
+
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.01  # decoupled (AdamW) with adam; for sgd's L2 something like 5e-4 suits
+    schedule: str = "none"
+    patience: int = 20
+    seed: int = 0
+    bn_stats: str = "ewma"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch size must be >= 2 (Batch Norm needs 2 rows), got {self.batch_size}")
+        if self.bn_stats not in BN_STATS:
+            raise ValueError(f"bn-stats must be one of {BN_STATS}, got {self.bn_stats!r}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+
+
+@dataclass
+class TrainedModel:
+    """A trained network with everything needed to predict from raw features at test time."""
+
+    net: MLP
+    standardizer: Standardizer
+    task: str
+    y_mean: np.ndarray | None = None  # regression targets are learned standardized
+    y_std: np.ndarray | None = None
+
+    def output(self, X: np.ndarray) -> np.ndarray:
+        """Test-time forward from raw features: probabilities ``(N, C)`` or predictions ``(N, T)``."""
+        dtype = np.dtype(self.net.config.dtype)
+        out = self.net.forward(self.standardizer(X).astype(dtype), training=False)
+        if self.task == TASK_CLASSIFICATION:
+            return softmax(out)
+        assert self.y_mean is not None and self.y_std is not None
+        return out * self.y_std + self.y_mean
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the model, its per-epoch history and its metrics."""
+
+    model: TrainedModel
+    split: Split
+    history: list[dict[str, float]]
+    best_epoch: int
+    metrics: dict[str, dict[str, float]]
+    bn_gap: dict[str, Any] = field(default_factory=dict)
+    config: TrainConfig = field(default_factory=TrainConfig)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "best_epoch": self.best_epoch,
+            "epochs_run": len(self.history),
+            "metrics": self.metrics,
+            "bn_gap": self.bn_gap,
+            "train_config": asdict(self.config),
+            "model_config": self.model.net.config.to_json(),
+        }
+
+
+def batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled index batches; a trailing batch of a single row is merged into the one before it."""
+    order = rng.permutation(n)
+    out = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if len(out) > 1 and len(out[-1]) == 1:
+        out[-2] = np.concatenate([out[-2], out.pop()])
+    return out
+
+
+def evaluate(model: TrainedModel, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Loss and accuracy (classification) or RMSE, MAE and R² (regression), at test time."""
+    out = model.output(X)
+    if model.task == TASK_CLASSIFICATION:
+        p = np.clip(out.astype(np.float64), 1e-12, 1.0)
+        return {
+            "loss": float(-np.log(p[np.arange(len(y)), y]).mean()),
+            "accuracy": float((out.argmax(axis=1) == y).mean()),
+        }
+    err = out.astype(np.float64) - y
+    ss_tot = float(((y - y.mean(axis=0)) ** 2).sum())
+    mse = float((err**2).mean())
+    assert model.y_std is not None
+    return {
+        "loss": mse / float((model.y_std**2).mean()),  # the standardized MSE the network minimizes
+        "rmse": math.sqrt(mse),
+        "mae": float(np.abs(err).mean()),
+        "r2": 1.0 - float((err**2).sum()) / ss_tot if ss_tot > 0 else float("nan"),
+    }
+
+
+def bn_statistics_gap(model: TrainedModel, precise: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """How far the EWMA running statistics are from the precise population ones, per BN layer.
+
+    ``mean_shift``: the largest ``|ewma_mean - precise_mean| / sqrt(precise_var + eps)`` over features;
+    ``log_var_ratio``: the largest ``|log(ewma_var / precise_var)|``.
+    """
+    layers = []
+    bns = [b.bn for b in model.net.blocks if b.bn is not None]
+    for bn, (mu, var) in zip(bns, precise):
+        shift = np.abs(bn.running_mean - mu) / np.sqrt(var + bn.eps)
+        ratio = np.abs(np.log((bn.running_var + bn.eps) / (var + bn.eps)))
+        layers.append({"mean_shift": float(shift.max()), "log_var_ratio": float(ratio.max())})
+    return {
+        "layers": layers,
+        "max_mean_shift": max((x["mean_shift"] for x in layers), default=0.0),
+        "max_log_var_ratio": max((x["log_var_ratio"] for x in layers), default=0.0),
+    }
+
+
+def set_running_statistics(net: MLP, stats: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Overwrite each BN layer's running statistics (in place, in the layer's dtype)."""
+    bns = [b.bn for b in net.blocks if b.bn is not None]
+    for bn, (mu, var) in zip(bns, stats):
+        np.copyto(bn.running_mean, mu)
+        np.copyto(bn.running_var, var)
+
+
+def train(
+    ds: Dataset,
+    hidden: tuple[int, ...] = (256, 256),
+    activation: str = "relu",
+    batchnorm: bool = True,
+    bn_momentum: float = 0.9,
+    config: TrainConfig | None = None,
+    progress: bool = True,
+    data_split: Split | None = None,
+) -> TrainResult:
+    """Train an MLP on ``ds``; fully determined by ``config.seed``."""
+    cfg = config or TrainConfig()
+    seeds = np.random.SeedSequence(cfg.seed).spawn(4)
+    rng_split, rng_init, rng_batches, rng_precise = (np.random.default_rng(s) for s in seeds)
+    sp = data_split or split(ds, rng_split)
+    std = Standardizer.fit(ds.X[sp.train])
+    mcfg = MLPConfig(
+        n_in=ds.X.shape[1],
+        n_out=ds.n_outputs,
+        hidden=tuple(hidden),
+        activation=activation,
+        batchnorm=batchnorm,
+        bn_momentum=bn_momentum,
+    )
+    net = MLP(mcfg, rng_init)
+    dtype = np.dtype(mcfg.dtype)
+    classification = ds.task == TASK_CLASSIFICATION
+    model = TrainedModel(net, std, ds.task)
+    Xtr = std(ds.X[sp.train]).astype(dtype)  # (N, F)
+    ytr = ds.y[sp.train]
+    if not classification:
+        model.y_mean = ytr.mean(axis=0)
+        sd = ytr.std(axis=0)
+        model.y_std = np.where(sd < 1e-12, 1.0, sd)
+        ytr = ((ytr - model.y_mean) / model.y_std).astype(dtype)
+    opt = make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay)
+
+    history: list[dict[str, float]] = []
+    best = (math.inf, -1)
+    best_state = net.state_dict()
+    bar = tqdm(range(cfg.epochs), desc=f"train {ds.name}", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        opt.lr = scheduled_lr(cfg.lr, cfg.schedule, epoch, cfg.epochs)
+        total_loss, correct = 0.0, 0
+        for idx in batches(len(Xtr), cfg.batch_size, rng_batches):
+            out = net.forward(Xtr[idx], training=True)
+            if classification:
+                loss, dout = softmax_cross_entropy(out, ytr[idx])
+                correct += int((out.argmax(axis=1) == ytr[idx]).sum())
+            else:
+                loss, dout = mean_squared_error(out, ytr[idx])
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"the training loss diverged at epoch {epoch + 1} (lr={opt.lr:g})")
+            net.backward(dout)
+            opt.step(net)
+            total_loss += loss * len(idx)
+        val = evaluate(model, ds.X[sp.val], ds.y[sp.val])
+        row = {"epoch": epoch + 1, "lr": opt.lr, "train_loss": total_loss / len(Xtr)}
+        if classification:
+            row["train_accuracy"] = correct / len(Xtr)
+        row.update({f"val_{k}": v for k, v in val.items()})
+        history.append(row)
+        bar.set_postfix(
+            loss=f"{row['train_loss']:.4f}",
+            val_loss=f"{val['loss']:.4f}",
+            **(
+                {"val_acc": f"{val['accuracy']:.4f}"}
+                if classification
+                else {"val_rmse": f"{val['rmse']:.4g}"}
+            ),
+        )
+        if val["loss"] < best[0]:
+            best = (val["loss"], epoch + 1)
+            best_state = net.state_dict()
+        elif epoch + 1 - best[1] >= cfg.patience:
+            break
+    bar.close()
+    net.load_state_dict(best_state)
+
+    gap: dict[str, Any] = {}
+    if batchnorm and hidden:
+        Xall = std(ds.X[sp.train]).astype(dtype)
+        precise = net.precise_statistics(Xall, cfg.batch_size, rng_precise)
+        gap = bn_statistics_gap(model, precise)
+        ewma_state = net.state_dict()
+        set_running_statistics(net, precise)
+        gap["val_loss_precise"] = evaluate(model, ds.X[sp.val], ds.y[sp.val])["loss"]
+        net.load_state_dict(ewma_state)
+        gap["val_loss_ewma"] = evaluate(model, ds.X[sp.val], ds.y[sp.val])["loss"]
+        if cfg.bn_stats == "precise":
+            set_running_statistics(net, precise)
+
+    metrics = {name: evaluate(model, ds.X[idx], ds.y[idx]) for name, idx in asdict(sp).items()}
+    return TrainResult(model, sp, history, best[1], metrics, gap, cfg)
