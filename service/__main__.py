@@ -1,0 +1,99 @@
+"""``python -m service``: validate the settings, then serve the model repository with uvicorn.
+
+Exit codes: 0 after a normal or SIGTERM shutdown, 1 when a model cannot be loaded, 2 for a bad setting.
+Problems are reported in one line on stderr, without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.app import ServiceState, create_app
+from service.logs import configure_logging
+from service.settings import SettingsError, load_settings
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also turns readiness off the moment a shutdown signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
+        super().__init__(config)
+        self.service_state = state
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.service_state.begin_shutdown()
+        super().handle_exit(sig, frame)
+
+
+class _QuietStartupFailure:
+    """ASGI wrapper: a failed start-up is reported by :func:`main` in one line, not as a logged traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_quietly(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                message = {"type": "lifespan.startup.failed", "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, send_quietly)
+
+
+def _drop_startup_failed(record: logging.LogRecord) -> bool:
+    return "Application startup failed" not in record.getMessage()
+
+
+def _ignore(sig: int, frame: FrameType | None) -> None:
+    """uvicorn re-raises the signal it shut down for; after a graceful SIGTERM that is a normal exit."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the service; returns the process exit code."""
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv)
+    except SettingsError as exc:
+        sys.stderr.write(f"bnserve: {exc}\n")
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    state: ServiceState = app.state.service
+    logging.getLogger("uvicorn.error").addFilter(_drop_startup_failed)
+    config = uvicorn.Config(
+        _QuietStartupFailure(app),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level,
+        access_log=False,  # the app writes its own access line, with the request id
+        timeout_graceful_shutdown=settings.graceful_timeout,
+        lifespan="on",
+        server_header=False,
+    )
+    server = _Server(config, state)
+    signal.signal(signal.SIGTERM, _ignore)
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits 3 when the lifespan fails
+        if state.startup_error is not None:
+            sys.stderr.write(f"bnserve: cannot start: {state.startup_error}\n")
+            return 1
+        return int(exc.code) if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""From request bytes to a float32 batch: JSON parsing and number checks shared by the V1 and V2 codecs.
+
+The data of a request is never turned into one Python object per number beyond what ``orjson`` returns: a
+type check over the flat list (C-level ``set(map(type, ...))``) and one ``np.array`` conversion do the work,
+and only the error path looks at individual elements. Messages name the row and column, never echo the
+payload.
+"""
+
+from __future__ import annotations
+
+from itertools import chain
+from typing import Any
+
+import numpy as np
+import orjson
+
+from service.errors import BadRequest
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_NUMBER_TYPES = {int, float}
+
+
+def loads(body: bytes | memoryview) -> Any:
+    """Parse a JSON body with orjson; :class:`BadRequest` explains what is wrong and where."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        token = exc.doc[exc.pos : exc.pos + 9].lstrip("-") if isinstance(exc.doc, str) else ""
+        if token.startswith(("NaN", "Infinity")):
+            raise BadRequest(
+                f"malformed JSON: {token.split(',')[0].split(']')[0]} at char {exc.pos} is not a JSON number; "
+                "send finite numbers"
+            ) from None
+        raise BadRequest(f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+
+
+def describe(value: Any) -> str:
+    """What a JSON value is, for an error message, without echoing long content."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def numbers_to_rows(flat: list[Any], n_rows: int, n_cols: int, integral: bool = False) -> np.ndarray:
+    """A flat list of ``n_rows * n_cols`` JSON numbers -> finite float32 (n_rows, n_cols).
+
+    Strings, booleans, nulls and nested lists are refused (numpy would quietly turn ``"1"`` or ``true`` into
+    1.0); with ``integral`` the values must be whole numbers (an INT datatype was declared).
+    """
+    types = set(map(type, flat))
+    if not types <= _NUMBER_TYPES:
+        i = next(i for i, v in enumerate(flat) if type(v) not in _NUMBER_TYPES)
+        r, c = divmod(i, n_cols)
+        raise BadRequest(f"value at row {r}, column {c} is {describe(flat[i])}; expected a number")
+    try:
+        values = np.array(flat, dtype=np.float64).reshape(n_rows, n_cols)  # (N, F)
+    except OverflowError:  # a JSON integer beyond the float64 range
+        raise BadRequest(
+            "a value is far outside the float32 range; expected a finite float32 number"
+        ) from None
+    if integral and float in types:
+        whole = np.floor(values) == values
+        if not whole.all():
+            r, c = (int(i) for i in np.argwhere(~whole)[0])
+            raise BadRequest(
+                f"value at row {r}, column {c} is not an integer, but an INT datatype was declared"
+            )
+    return to_float32_rows(values)
+
+
+def nested_rows(data: list[Any], n_cols: int) -> list[Any]:
+    """Rows given as a list of lists -> their flat concatenation; each row must have ``n_cols`` entries."""
+    for i, row in enumerate(data):
+        if not isinstance(row, list):
+            raise BadRequest(f"row {i} is {describe(row)}; expected a list of {n_cols} numbers")
+        if len(row) != n_cols:
+            raise BadRequest(f"expected {n_cols} features per row, got {len(row)} (row {i})")
+    return list(chain.from_iterable(data))
+
+
+def to_float32_rows(values: np.ndarray) -> np.ndarray:
+    """Real-valued rows (N, F) of any numeric dtype -> float32; :class:`BadRequest` names the first bad cell.
+
+    NaN, infinities and finite values beyond the float32 range are refused rather than silently turned into
+    ``inf`` by the cast.
+    """
+    if values.dtype.kind == "f":
+        ok = np.abs(values) <= FLOAT32_MAX  # False for NaN and both infinities too
+        if not ok.all():
+            r, c = (int(i) for i in np.argwhere(~ok)[0])
+            v = float(values[r, c])
+            what = (
+                "NaN" if np.isnan(v) else ("infinite" if np.isinf(v) else f"{v:g}, outside the float32 range")
+            )
+            raise BadRequest(f"value at row {r}, column {c} is {what}; expected a finite float32 number")
+    elif values.dtype.kind not in "iu":
+        raise BadRequest(f"expected numbers, got {values.dtype}")
+    # Every int64/uint64 fits in the float32 range (|x| < 2**64 < 3.4e38).
+    return values.astype(np.float32, copy=False)

@@ -1,0 +1,215 @@
+"""One loaded model: an onnxruntime session plus its contract. No FastAPI, no protocol here.
+
+A :class:`ModelRuntime` is built once, at start-up, by :func:`load_model`, which checks that the graph and the
+contract agree (tensor names, widths, dtypes) and runs one row through the session before accepting it.
+Everything a request needs (tensor specs, label tables) is computed here, so per-request work is one
+``session.run`` and a finiteness check.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+import contract
+from service.errors import BadRequest, ModelLoadError
+
+log = logging.getLogger("bnserve.runtime")
+
+#: Called with the float32 rows (N, F) of every successful inference, e.g. ``DriftMonitor.update``.
+#: Observers run on worker threads, possibly concurrently, after the outputs are computed.
+Observer = Callable[[np.ndarray], None]
+
+_ORT_TO_V2 = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(double)": "FP64"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, KServe V2 datatype and shape (``-1`` for the batch axis) of a graph tensor."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass
+class ModelRuntime:
+    """A servable model: session, contract, tensor specs, and the observers fed after each inference."""
+
+    name: str
+    version: int
+    path: Path
+    contract: contract.ModelContract
+    session: ort.InferenceSession
+    input_spec: TensorSpec
+    output_specs: tuple[TensorSpec, ...]
+    observers: list[Observer] = field(default_factory=list)
+
+    @property
+    def n_features(self) -> int:
+        return self.contract.n_features
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.output_specs)
+
+    @property
+    def is_classification(self) -> bool:
+        return self.contract.task == contract.TASK_CLASSIFICATION
+
+    def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the frozen test-time graph on float32 rows ``x`` (N, F); every output, all finite.
+
+        Each row is computed independently of the others (BatchNorm is folded into the weights), so a
+        row's result does not depend on the batch it came in.
+        """
+        if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != self.n_features:
+            raise BadRequest(
+                f"expected float32 rows of {self.n_features} features, got {x.dtype} {list(x.shape)}"
+            )
+        results = self.session.run(list(self.output_names), {contract.INPUT_NAME: x})
+        out = dict(zip(self.output_names, results))
+        for name, values in out.items():
+            if values.dtype.kind == "f" and not np.isfinite(values).all():
+                row = int(np.argwhere(~np.isfinite(values))[0][0])
+                raise BadRequest(
+                    f"the model produced a non-finite {name!r} for row {row}; "
+                    "its inputs are probably far outside the training range"
+                )
+        for observe in self.observers:
+            try:
+                observe(x)
+            except Exception:  # an observer must never fail a prediction
+                log.exception("observer %r failed for model %s/%d", observe, self.name, self.version)
+        return out
+
+
+def session_options(intra_op_threads: int) -> ort.SessionOptions:
+    """One sequential session: ``intra_op_threads`` threads for a node, none spinning idle."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only: a bad file is reported by us, in one line
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def load_model(name: str, version: int, path: Path, intra_op_threads: int = 1) -> ModelRuntime:
+    """Open ``path`` with onnxruntime, check it against its contract, and run one row; :class:`ModelLoadError`."""
+    if not path.exists():
+        raise ModelLoadError(path, "file is missing")
+    if not path.is_file():
+        raise ModelLoadError(path, "is not a regular file")
+    try:
+        with path.open("rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise ModelLoadError(path, f"cannot read the file ({exc.strerror or exc})") from None
+    try:
+        session = ort.InferenceSession(
+            str(path), sess_options=session_options(intra_op_threads), providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / RuntimeError types
+        raise ModelLoadError(path, f"not a loadable ONNX model ({_ort_reason(exc)})") from None
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    try:
+        model_contract = contract.ModelContract.from_metadata(meta)
+    except contract.ContractError as exc:
+        raise ModelLoadError(path, f"bad contract metadata: {exc}") from None
+    try:
+        input_spec, output_specs = _check_graph(session, model_contract)
+        _smoke_test(session, model_contract, output_specs)
+    except ValueError as exc:
+        raise ModelLoadError(path, str(exc)) from None
+    return ModelRuntime(
+        name=name,
+        version=version,
+        path=path,
+        contract=model_contract,
+        session=session,
+        input_spec=input_spec,
+        output_specs=output_specs,
+    )
+
+
+def _ort_reason(exc: Exception) -> str:
+    """onnxruntime's message, on one line, without the repeated file path and error-code prefix."""
+    text = re.sub(r"\s+", " ", str(exc)).strip()
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ", "", text)
+    text = re.sub(r"Load model from \S+ failed:\s*", "", text)
+    return text[:300] or type(exc).__name__
+
+
+def _check_graph(
+    session: ort.InferenceSession, mc: contract.ModelContract
+) -> tuple[TensorSpec, tuple[TensorSpec, ...]]:
+    """The graph's tensors must be exactly what the contract promises; ValueError naming the mismatch."""
+    inputs = session.get_inputs()
+    if [i.name for i in inputs] != [contract.INPUT_NAME]:
+        raise ValueError(
+            f"graph inputs are {[i.name for i in inputs]}, the contract needs one input {contract.INPUT_NAME!r}"
+        )
+    inp = inputs[0]
+    if inp.type != "tensor(float)":
+        raise ValueError(f"input {inp.name!r} is {inp.type}, expected tensor(float)")
+    if len(inp.shape) != 2:
+        raise ValueError(f"input {inp.name!r} has shape {inp.shape}, expected [batch, {mc.n_features}]")
+    if isinstance(inp.shape[0], int):
+        raise ValueError(f"input {inp.name!r} has a fixed batch size {inp.shape[0]}; it must be symbolic")
+    width = inp.shape[1]
+    if isinstance(width, int) and width != mc.n_features:
+        raise ValueError(f"metadata lists {mc.n_features} features but input {inp.name!r} has width {width}")
+    expected = contract.output_names(mc.task)
+    outputs = {o.name: o for o in session.get_outputs()}
+    if sorted(outputs) != sorted(expected):
+        raise ValueError(
+            f"graph outputs are {sorted(outputs)}, a {mc.task} model must output {list(expected)}"
+        )
+    specs = []
+    for name in expected:
+        out = outputs[name]
+        wanted_type = "tensor(int64)" if name == contract.OUTPUT_LABEL else "tensor(float)"
+        if out.type != wanted_type:
+            raise ValueError(f"output {name!r} is {out.type}, expected {wanted_type}")
+        if name == contract.OUTPUT_LABEL:
+            if len(out.shape) != 1:
+                raise ValueError(f"output {name!r} has shape {out.shape}, expected [batch]")
+            specs.append(TensorSpec(name, "INT64", (-1,)))
+            continue
+        if len(out.shape) != 2:
+            raise ValueError(f"output {name!r} has shape {out.shape}, expected [batch, {mc.n_outputs}]")
+        width = out.shape[1]
+        if isinstance(width, int) and width != mc.n_outputs:
+            what = "class labels" if name == contract.OUTPUT_PROBABILITIES else "target names"
+            raise ValueError(f"metadata lists {mc.n_outputs} {what} but output {name!r} has width {width}")
+        specs.append(TensorSpec(name, "FP32", (-1, mc.n_outputs)))
+    return TensorSpec(contract.INPUT_NAME, "FP32", (-1, mc.n_features)), tuple(specs)
+
+
+def _smoke_test(
+    session: ort.InferenceSession, mc: contract.ModelContract, specs: Sequence[TensorSpec]
+) -> None:
+    """Run two rows (the training means) so that a graph whose symbolic shapes hide a mismatch fails now."""
+    x = np.tile(np.asarray(mc.input_stats.mean, dtype=np.float32), (2, 1))  # (2, F)
+    try:
+        results = session.run([s.name for s in specs], {contract.INPUT_NAME: x})
+    except Exception as exc:
+        raise ValueError(
+            f"a test inference on {mc.n_features} features failed ({_ort_reason(exc)})"
+        ) from None
+    for spec, value in zip(specs, results):
+        expected = (2, *spec.shape[1:])
+        if value.shape != expected:
+            raise ValueError(
+                f"output {spec.name!r} has shape {list(value.shape)} for 2 rows, expected {list(expected)}"
+            )

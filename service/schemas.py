@@ -1,0 +1,149 @@
+"""Request and response models of the V2 and V1 protocols, for the OpenAPI schema and ``/docs``.
+
+The inference routes do not validate bodies through these models (a pydantic object per number would be
+slow); the codecs in ``v2.py`` / ``v1.py`` parse with orjson and numpy. The models document the same rules
+the codecs enforce, so that the schema and the behaviour agree (the fuzz test checks it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from service.v2 import DATATYPES
+
+V2Datatype = Literal[
+    "FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"
+]
+assert set(V2Datatype.__args__) == set(DATATYPES)  # type: ignore[attr-defined]
+
+Number = float | int
+
+
+class ErrorResponse(BaseModel):
+    """Every error of the V2 and V1 routes."""
+
+    error: str = Field(description="What went wrong, e.g. 'expected 64 features per row, got 63 (row 2)'.")
+
+
+class ServerMetadata(BaseModel):
+    """``GET /v2``."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class MetadataTensor(BaseModel):
+    """A tensor in model metadata; ``-1`` marks the batch axis."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    """``GET /v2/models/{name}``."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+    parameters: dict[str, Any] = Field(
+        description="The contract: task, feature names, class labels or targets."
+    )
+
+
+class InputParameters(BaseModel):
+    """Per-input parameters (binary tensor data extension)."""
+
+    binary_data_size: int | None = Field(
+        default=None, ge=0, description="Bytes of this input after the header."
+    )
+
+
+class RequestInput(BaseModel):
+    """The one input tensor ``input``: rows of features, data flat (row-major) or nested."""
+
+    name: Literal["input"]
+    shape: list[int] = Field(min_length=2, max_length=2, description="[rows, features]")
+    datatype: V2Datatype
+    parameters: InputParameters | None = None
+    data: list[Number] | list[list[Number]] | None = None
+
+
+class OutputParameters(BaseModel):
+    """Per-output parameters."""
+
+    binary_data: bool | None = Field(default=None, description="Return this output as raw bytes.")
+
+
+class RequestOutput(BaseModel):
+    """An output to return."""
+
+    name: Literal["probabilities", "label", "prediction"]
+    parameters: OutputParameters | None = None
+
+
+class RequestParameters(BaseModel):
+    """Request-level parameters."""
+
+    binary_data_output: bool | None = Field(default=None, description="Return every output as raw bytes.")
+
+
+class InferenceRequest(BaseModel):
+    """``POST /v2/models/{name}/infer``."""
+
+    id: str | None = Field(default=None, description="Echoed in the response.")
+    parameters: RequestParameters | None = None
+    inputs: list[RequestInput] = Field(min_length=1, max_length=1)
+    outputs: list[RequestOutput] | None = Field(default=None, description="Default: every output.")
+
+
+class ResponseOutput(BaseModel):
+    """An output tensor; ``data`` is flat (row-major), absent when sent as binary."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Number] | None = None
+
+
+class InferenceResponse(BaseModel):
+    """The V2 inference response."""
+
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[ResponseOutput]
+
+
+class V1PredictRequest(BaseModel):
+    """``POST /v1/models/{name}:predict``: rows in feature order, or objects keyed by feature name."""
+
+    instances: list[list[Number]] | list[dict[str, Number]] = Field(min_length=1)
+
+
+class V1PredictResponse(BaseModel):
+    """Per row: ``{"label": ..., "probabilities": {class: p}}`` (classification) or the value (regression)."""
+
+    predictions: list[Any]
+
+
+class V1VersionStatus(BaseModel):
+    """TensorFlow-Serving's version status entry."""
+
+    version: str
+    state: str
+    status: dict[str, str]
+
+
+class V1ModelStatus(BaseModel):
+    """``GET /v1/models/{name}``."""
+
+    name: str
+    ready: bool
+    model_version_status: list[V1VersionStatus]

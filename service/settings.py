@@ -1,0 +1,128 @@
+"""Service settings: pydantic-settings with the ``BNSERVE_`` prefix, validated once at start-up.
+
+Every field can be set by an environment variable (``BNSERVE_PORT=8080``) or by the matching command-line
+option (``--port 8080``); the command line wins. :func:`load_settings` is the only factory: nothing reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "BNSERVE_"
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    model_repository: Path = Field(
+        default=Path("models"),
+        description="Model repository to serve: every <name>/<version>/model.onnx under it is loaded.",
+    )
+    host: str = Field(default="127.0.0.1", min_length=1, description="Address to bind (0.0.0.0 in Docker).")
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port to listen on.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="info", description="Logging level of the service and of uvicorn."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log line format: human-readable text, or one JSON object per line."
+    )
+    access_log: bool = Field(default=True, description="Write one access-log line per request.")
+    intra_op_threads: int = Field(
+        default=1, ge=1, le=256, description="onnxruntime intra-op threads per model session."
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted, in bytes (chunked bodies included); larger gets 413.",
+    )
+    max_batch_rows: int = Field(
+        default=10_000, ge=1, description="Most rows accepted in one inference request; more gets 413."
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="When set, inference and metadata routes require 'Authorization: Bearer <key>'.",
+    )
+    graceful_timeout: int = Field(
+        default=8,
+        ge=1,
+        le=300,
+        description="Seconds in-flight requests get to finish after SIGTERM before the server exits.",
+    )
+
+    @field_validator("model_repository")
+    @classmethod
+    def _repository_is_a_directory(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be blank (unset it to turn authentication off)")
+        return value
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message is one readable line."""
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m service`` command line, one option per :class:`Settings` field."""
+    parser = _OneLineErrorParser(
+        prog="python -m service",
+        description="Serve the models of a bnserve model repository over HTTP (KServe V2 and V1).",
+        epilog=f"Every option can also be set by an environment variable {ENV_PREFIX}<OPTION> "
+        f"(e.g. {ENV_PREFIX}PORT=8080); the command line wins.",
+    )
+    for name, field in Settings.model_fields.items():
+        env = ENV_PREFIX + name.upper()
+        shown = "(hidden)" if name == "api_key" else repr(field.default)
+        help_text = f"{field.description} [env {env}, default {shown}]"
+        parser.add_argument(_option(name), dest=name, default=None, metavar=name.upper(), help=help_text)
+    return parser
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (no usage dump) and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"bnserve: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def load_settings(argv: Sequence[str] | None = None) -> Settings:
+    """Build validated settings from the command line and ``BNSERVE_*``; raise :class:`SettingsError`."""
+    args = build_parser().parse_args(list(argv) if argv is not None else [])
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    """The first validation error as ``invalid --port / BNSERVE_PORT: <reason> (got '70000')``."""
+    err = exc.errors()[0]
+    name = str(err["loc"][0]) if err["loc"] else "?"
+    where = f"{_option(name)} / {ENV_PREFIX}{name.upper()}" if name in Settings.model_fields else name
+    reason = str(err["msg"]).removeprefix("Value error, ")
+    got = "" if name == "api_key" else f" (got {err.get('input')!r})"
+    if err["type"] == "extra_forbidden":
+        return f"invalid setting: unknown option {name}"
+    return f"invalid setting {where}: {reason}{got}"

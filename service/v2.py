@@ -1,0 +1,258 @@
+"""Open Inference Protocol (KServe V2) codec: request bytes -> float32 batch, outputs -> response bytes.
+
+Includes the binary tensor data extension: with an ``Inference-Header-Content-Length`` header, the body is a
+JSON header of that many bytes followed by raw little-endian tensors, each input announcing its size in
+``parameters.binary_data_size``; outputs asked for with ``binary_data`` (or the request-level
+``binary_data_output``) come back the same way. No FastAPI here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+import contract
+from service.decoding import describe, loads, nested_rows, numbers_to_rows, to_float32_rows
+from service.errors import BadRequest, PayloadTooLarge
+from service.runtime import ModelRuntime
+
+PLATFORM = "onnx_onnxv1"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+EXTENSIONS = ("binary_tensor_data",)
+
+#: Input datatypes accepted (all converted to float32), with their little-endian wire dtype.
+DATATYPES: dict[str, np.dtype[Any]] = {
+    name: np.dtype(code).newbyteorder("<")
+    for name, code in {
+        "FP16": "f2",
+        "FP32": "f4",
+        "FP64": "f8",
+        "INT8": "i1",
+        "INT16": "i2",
+        "INT32": "i4",
+        "INT64": "i8",
+        "UINT8": "u1",
+        "UINT16": "u2",
+        "UINT32": "u4",
+        "UINT64": "u8",
+    }.items()
+}
+_KNOWN_UNSUPPORTED = {"BOOL", "BYTES", "BF16"}
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A decoded inference request: the rows, the outputs to return (name, as binary?) and the echoed id."""
+
+    x: np.ndarray  # (N, F) float32, finite
+    outputs: tuple[tuple[str, bool], ...]
+    id: str | None
+
+
+def server_metadata(version: str) -> dict[str, Any]:
+    """``GET /v2``."""
+    return {"name": "bnserve", "version": version, "extensions": list(EXTENSIONS)}
+
+
+def model_metadata(model: ModelRuntime, versions: list[int]) -> dict[str, Any]:
+    """``GET /v2/models/{name}``: tensors with ``-1`` for the batch axis, plus the contract's names."""
+    mc = model.contract
+    parameters: dict[str, Any] = {"task": mc.task, "feature_names": mc.feature_names}
+    if model.is_classification:
+        parameters["class_labels"] = mc.class_labels
+    else:
+        parameters["target_names"] = mc.target_names
+    return {
+        "name": model.name,
+        "versions": [str(v) for v in versions],
+        "platform": PLATFORM,
+        "inputs": [model.input_spec.to_json()],
+        "outputs": [spec.to_json() for spec in model.output_specs],
+        "parameters": parameters,
+    }
+
+
+def _dict(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be an object, got {describe(value)}")
+    return value
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequest(f"{what} must be true or false, got {describe(value)}")
+    return value
+
+
+def parse_infer_request(
+    body: bytes, header_length: str | None, model: ModelRuntime, max_rows: int
+) -> InferRequest:
+    """Decode and validate a V2 inference body for ``model``; :class:`BadRequest` / :class:`PayloadTooLarge`."""
+    if header_length is not None:
+        try:
+            json_size = int(header_length)
+        except ValueError:
+            raise BadRequest(f"{HEADER_LENGTH} must be an integer, got {header_length[:32]!r}") from None
+        if not 0 <= json_size <= len(body):
+            raise BadRequest(f"{HEADER_LENGTH} is {json_size} but the body has only {len(body)} bytes")
+        view = memoryview(body)
+        request = loads(view[:json_size])
+        binary = view[json_size:]
+    else:
+        request = loads(body)
+        binary = memoryview(b"")
+    if not isinstance(request, dict):
+        raise BadRequest(f"the request must be a JSON object, got {describe(request)}")
+
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest(f"'id' must be a string, got {describe(request_id)}")
+    parameters = _dict(request.get("parameters"), "'parameters'")
+    binary_default = _bool(parameters.get("binary_data_output", False), "parameter 'binary_data_output'")
+
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest("'inputs' must be a non-empty list of tensors")
+    if len(inputs) != 1:
+        raise BadRequest(
+            f"model {model.name!r} takes one input tensor {contract.INPUT_NAME!r}, got {len(inputs)}"
+        )
+    x = _decode_input(inputs[0], model, max_rows, binary, header_length is not None)
+    outputs = _requested_outputs(request.get("outputs"), model, binary_default)
+    return InferRequest(x=x, outputs=outputs, id=request_id)
+
+
+def _decode_input(
+    tensor: Any, model: ModelRuntime, max_rows: int, binary: memoryview, has_binary_header: bool
+) -> np.ndarray:
+    if not isinstance(tensor, dict):
+        raise BadRequest(f"an input tensor must be an object, got {describe(tensor)}")
+    name = tensor.get("name")
+    if name != contract.INPUT_NAME:
+        shown = repr(name[:64]) if isinstance(name, str) else describe(name)
+        raise BadRequest(
+            f"unknown input {shown}; model {model.name!r} takes one input {contract.INPUT_NAME!r}"
+        )
+    datatype = tensor.get("datatype")
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        shown = repr(datatype[:16]) if isinstance(datatype, str) else describe(datatype)
+        kind = "unsupported" if datatype in _KNOWN_UNSUPPORTED else "unknown"
+        raise BadRequest(
+            f"input 'input' has {kind} datatype {shown}; expected FP32 (FP16, FP64, INT*, UINT* are converted)"
+        )
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise BadRequest("input 'input': 'shape' must be a list of non-negative integers")
+    n_features = model.n_features
+    if len(shape) != 2:
+        raise BadRequest(f"input 'input' must have shape [N, {n_features}], got {shape[:8]}")
+    n_rows, n_cols = shape
+    if n_cols != n_features:
+        raise BadRequest(f"expected {n_features} features per row, got {n_cols} (shape {shape})")
+    if n_rows == 0:
+        raise BadRequest("empty batch: the input has 0 rows")
+    if n_rows > max_rows:
+        raise PayloadTooLarge(f"{n_rows} rows exceed the limit of {max_rows} rows per request")
+
+    parameters = _dict(tensor.get("parameters"), "input 'input' parameters")
+    size = parameters.get("binary_data_size")
+    if size is None:
+        if len(binary):
+            raise BadRequest(
+                f"the body carries {len(binary)} bytes after the JSON header but no input has binary_data_size"
+            )
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise BadRequest(f"input 'input' needs 'data' (a list of numbers), got {describe(data)}")
+        if data and isinstance(data[0], list):
+            if len(data) != n_rows:
+                raise BadRequest(f"shape {shape} has {n_rows} rows but 'data' has {len(data)}")
+            flat = nested_rows(data, n_cols)
+        elif len(data) != n_rows * n_cols:
+            raise BadRequest(f"shape {shape} needs {n_rows * n_cols} values but 'data' has {len(data)}")
+        else:
+            flat = data
+        return numbers_to_rows(flat, n_rows, n_cols, integral=DATATYPES[datatype].kind in "iu")
+
+    if "data" in tensor:
+        raise BadRequest("input 'input' has both 'data' and parameter binary_data_size")
+    if not has_binary_header:
+        raise BadRequest(f"input 'input' has binary_data_size but the request has no {HEADER_LENGTH} header")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise BadRequest("input 'input': binary_data_size must be a non-negative integer")
+    dtype = DATATYPES[datatype]
+    needed = n_rows * n_cols * dtype.itemsize
+    if size != needed:
+        raise BadRequest(
+            f"input 'input': binary_data_size is {size} bytes but shape {shape} of {datatype} needs {needed}"
+        )
+    if size != len(binary):
+        raise BadRequest(
+            f"binary data sizes add up to {size} bytes but the body carries {len(binary)} bytes after the JSON header"
+        )
+    values = np.frombuffer(binary, dtype=dtype).reshape(n_rows, n_cols)  # (N, F)
+    return to_float32_rows(values)
+
+
+def _requested_outputs(
+    requested: Any, model: ModelRuntime, binary_default: bool
+) -> tuple[tuple[str, bool], ...]:
+    if requested is None or requested == []:
+        return tuple((name, binary_default) for name in model.output_names)
+    if not isinstance(requested, list):
+        raise BadRequest(f"'outputs' must be a list, got {describe(requested)}")
+    chosen: list[tuple[str, bool]] = []
+    for item in requested:
+        if not isinstance(item, dict):
+            raise BadRequest(f"each requested output must be an object, got {describe(item)}")
+        name = item.get("name")
+        if name not in model.output_names:
+            shown = repr(name[:64]) if isinstance(name, str) else describe(name)
+            raise BadRequest(
+                f"unknown output {shown}; model {model.name!r} outputs {list(model.output_names)}"
+            )
+        if any(name == seen for seen, _ in chosen):
+            raise BadRequest(f"output {name!r} is requested twice")
+        parameters = _dict(item.get("parameters"), f"output {name!r} parameters")
+        if "classification" in parameters:
+            raise BadRequest("the classification extension is not supported; ask for 'probabilities' instead")
+        binary = _bool(
+            parameters.get("binary_data", binary_default), f"output {name!r} parameter 'binary_data'"
+        )
+        chosen.append((name, binary))
+    return tuple(chosen)
+
+
+def encode_infer_response(
+    model: ModelRuntime, request: InferRequest, results: dict[str, np.ndarray]
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers (binary outputs appended after the JSON header)."""
+    datatypes = {spec.name: spec.datatype for spec in model.output_specs}
+    entries: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, as_binary in request.outputs:
+        values = results[name]
+        entry: dict[str, Any] = {"name": name, "datatype": datatypes[name], "shape": list(values.shape)}
+        if as_binary:
+            raw = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = values.ravel()
+        entries.append(entry)
+    response: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
+    if request.id is not None:
+        response["id"] = request.id
+    response["outputs"] = entries
+    head = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return head, {"Content-Type": "application/json"}
+    headers = {HEADER_LENGTH: str(len(head)), "Content-Type": "application/octet-stream"}
+    return head + b"".join(blobs), headers
