@@ -55,7 +55,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -226,12 +226,8 @@ class DriftMonitor:
             d = x - self._mean_train  # (n, F) float64
             w = self._moments.weights(n)  # (n,) lam**(n-1-i): the newest row weighs 1
             moments = w @ np.concatenate((d, d * d), axis=1)  # (2F,)
-            if x.dtype == np.float32:
-                ge = x[:, None, :] >= self._edges_t32  # (n, 9, F)
-                exceed = self._window.weights32(n) @ ge.reshape(n, -1).astype(np.float32)  # (9 * F,)
-            else:
-                ge = x[:, None, :] >= self._edges_t  # (n, 9, F)
-                exceed = self._window.weights(n) @ ge.reshape(n, -1).astype(np.float64)  # (9 * F,)
+            ge = x[:, None, :] >= (self._edges_t32 if x.dtype == np.float32 else self._edges_t)  # (n, 9, F)
+            exceed = self._window.weights(n) @ ge.reshape(n, -1).astype(np.float64)  # (9 * F,)
             a, ah = self._moments.lam**n, self._window.lam**n
         with self._lock:
             self._rows_nonfinite += dropped
@@ -354,19 +350,13 @@ class _Decay:
 
     def __init__(self, h: float) -> None:
         self.lam = 1.0 - 1.0 / h
-        powers = self.lam ** np.arange(self._CACHE - 1, -1, -1, dtype=np.float64)  # lam**(C-1) .. lam**0
-        self._powers = powers
-        self._powers32 = powers.astype(np.float32)
+        self._powers = self.lam ** np.arange(self._CACHE - 1, -1, -1, dtype=np.float64)  # lam**(C-1)..lam**0
 
     def weights(self, n: int) -> np.ndarray:
         """``lam**(n-1-i)`` for the rows ``i = 0..n-1`` of a batch, as float64 ``(n,)``."""
         if n <= self._CACHE:
             return self._powers[self._CACHE - n :]
         return self.lam ** np.arange(n - 1, -1, -1, dtype=np.float64)
-
-    def weights32(self, n: int) -> np.ndarray:
-        """:meth:`weights` as float32."""
-        return self._powers32[self._CACHE - n :] if n <= self._CACHE else self.weights(n).astype(np.float32)
 
     def sums(self, rows: int) -> tuple[float, float]:
         """Sum of the weights of the last ``rows`` rows, and of their squares (geometric series)."""
@@ -390,57 +380,62 @@ class _Estimate:
     drifting: bool
 
 
+_GAUGES = (
+    # (report key, metric name, help); one sample per model
+    (
+        "score",
+        "bnserve_drift_score",
+        "Input drift score: max over features of PSI against the training deciles.",
+    ),
+    ("threshold", "bnserve_drift_threshold", "Drift score above which the model is drifting."),
+    ("drifting", "bnserve_drift_drifting", "1 if the score is over the threshold on enough rows, else 0."),
+    ("rows_effective", "bnserve_drift_rows_effective", "Effective rows the drift estimate rests on."),
+    ("rows_seen", "bnserve_drift_rows_seen", "Rows seen since the last drift reset."),
+)
+_FEATURE_GAUGES = (
+    ("psi", "bnserve_drift_feature_psi", "PSI of one input feature against its training deciles."),
+    (
+        "mean_shift",
+        "bnserve_drift_feature_mean_shift",
+        "|live mean - training mean| / training std of a feature.",
+    ),
+)
+
+
 def register_prometheus(
     registry: Any, monitors: Callable[[], Mapping[str, DriftMonitor]], *, per_feature: bool = True
 ) -> Any:
-    """Register a collector exposing every monitor's report as gauges; returns the collector.
+    """Register, in a ``prometheus_client`` registry, gauges read from every monitor's report at scrape time.
 
-    ``monitors`` is called at each scrape and maps model names to monitors, so models loaded later are
-    picked up and nothing runs on the prediction path. Needs ``prometheus_client``.
+    ``monitors`` maps model names to monitors and is called at each scrape, so models loaded later are
+    picked up, values are never stale, and nothing runs on the prediction path. ``per_feature`` adds one
+    PSI and one mean-shift series per (model, feature). Returns the collector (to unregister it).
     """
     from prometheus_client.core import GaugeMetricFamily
 
+    def families() -> tuple[list[Any], list[Any]]:
+        models = [GaugeMetricFamily(name, doc, labels=["model"]) for _, name, doc in _GAUGES]
+        feats = [
+            GaugeMetricFamily(name, doc, labels=["model", "feature"]) for _, name, doc in _FEATURE_GAUGES
+        ]
+        return models, feats if per_feature else []
+
     class DriftCollector:
-        def collect(self) -> Any:
-            g = {
-                "score": GaugeMetricFamily(
-                    "bnserve_drift_score", "Input drift score: max over features of PSI", labels=["model"]
-                ),
-                "threshold": GaugeMetricFamily(
-                    "bnserve_drift_threshold", "Drift score threshold", labels=["model"]
-                ),
-                "drifting": GaugeMetricFamily(
-                    "bnserve_drift_drifting", "1 if the score is over the threshold", labels=["model"]
-                ),
-                "rows_effective": GaugeMetricFamily(
-                    "bnserve_drift_rows_effective",
-                    "Effective rows the drift estimate rests on",
-                    labels=["model"],
-                ),
-                "rows_seen": GaugeMetricFamily(
-                    "bnserve_drift_rows_seen", "Rows seen since the last drift reset", labels=["model"]
-                ),
-            }
-            psi_g = GaugeMetricFamily(
-                "bnserve_drift_feature_psi", "PSI of one feature", labels=["model", "feature"]
-            )
-            shift_g = GaugeMetricFamily(
-                "bnserve_drift_feature_mean_shift",
-                "|live mean - training mean| / training std of one feature",
-                labels=["model", "feature"],
-            )
+        def describe(self) -> Iterator[Any]:
+            # Without samples: registering must not call ``monitors`` (models may not be loaded yet).
+            models, feats = families()
+            yield from models + feats
+
+        def collect(self) -> Iterator[Any]:
+            models, feats = families()
             for model, monitor in monitors().items():
                 rep = monitor.report()
-                for key, fam in g.items():
+                for (key, _, _), fam in zip(_GAUGES, models, strict=True):
                     fam.add_metric([model], float(rep[key]))
-                if per_feature:
+                for (key, _, _), fam in zip(_FEATURE_GAUGES, feats, strict=False):
                     for feat in rep["features"]:
-                        psi_g.add_metric([model, feat["name"]], feat["psi"])
-                        shift_g.add_metric([model, feat["name"]], feat["mean_shift"])
-            yield from g.values()
-            if per_feature:
-                yield psi_g
-                yield shift_g
+                        fam.add_metric([model, feat["name"]], feat[key])
+            yield from models + feats
 
     collector = DriftCollector()
     registry.register(collector)
