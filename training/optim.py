@@ -62,7 +62,9 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba 2015) with bias correction; weight decay is decoupled as in AdamW (Loshchilov & Hutter)."""
+    """Adam (Kingma & Ba 2015) with the bias correction folded into the step size (their section 2, last
+    paragraph), so ``eps`` acts as ``eps / sqrt(1 - beta2^t)``; weight decay is decoupled as in AdamW
+    (Loshchilov & Hutter 2019)."""
 
     def __init__(
         self,
