@@ -1,0 +1,78 @@
+"""The model repository: discovery, versions, and refusing every kind of unusable model file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.errors import ModelLoadError, NotFound
+from service.repository import load_repository
+from tests.service.conftest import Repo, broken_variants, write_model
+
+
+def test_loads_every_model_and_version(repo: Repo) -> None:
+    loaded = load_repository(repo.root)
+    assert sorted(loaded.models) == ["digits", "house", "iris"]
+    assert sorted(loaded.models["digits"]) == [1, 2]
+    assert len(loaded) == 4
+    assert loaded.get("digits").version == 2  # no version: the highest
+    assert loaded.get("digits", "1").version == 1
+
+
+def test_runtime_matches_the_closed_form(repo: Repo) -> None:
+    loaded = load_repository(repo.root)
+    rng = np.random.default_rng(0)
+    for key in ("digits@1", "iris", "house"):
+        tiny = repo.models[key]
+        x = rng.normal(size=(7, tiny.n_features)).astype(np.float32)
+        got = loaded.get(tiny.name, str(tiny.version)).predict(x)
+        for name, want in tiny.expected(x).items():
+            if name == "label":
+                np.testing.assert_array_equal(got[name], want)
+            else:
+                np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "message"),
+    [
+        ("nope", None, "unknown model 'nope'"),
+        ("digits", "3", "model 'digits' has no version '3'; available: ['1', '2']"),
+        ("digits", "0", "has no version '0'"),
+        ("digits", "01", "has no version '01'"),
+        ("digits", "abc", "has no version 'abc'"),
+    ],
+)
+def test_unknown_model_or_version(repo: Repo, name: str, version: str | None, message: str) -> None:
+    loaded = load_repository(repo.root)
+    with pytest.raises(NotFound, match=message.replace("[", r"\[").replace("]", r"\]")):
+        loaded.get(name, version)
+
+
+@pytest.mark.parametrize("variant", sorted(broken_variants()))
+def test_a_broken_model_refuses_the_whole_repository(broken_repo: Path, variant: str) -> None:
+    content, phrase = broken_variants()[variant]
+    path = broken_repo / "broken" / "1" / "model.onnx"
+    if content is None:
+        path.parent.mkdir(parents=True)
+    else:
+        write_model(broken_repo, "broken", 1, content)
+    with pytest.raises(ModelLoadError) as info:
+        load_repository(broken_repo)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert phrase in message
+    assert "\n" not in message
+
+
+def test_model_folder_without_versions_is_refused(broken_repo: Path) -> None:
+    (broken_repo / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no version folder"):
+        load_repository(broken_repo)
+
+
+def test_empty_repository_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="has no models"):
+        load_repository(tmp_path)

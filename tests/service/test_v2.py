@@ -1,0 +1,186 @@
+"""KServe V2 / Open Inference Protocol routes through FastAPI's TestClient."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.service.conftest import Repo
+
+
+def infer_json(x: np.ndarray, datatype: str = "FP32", nested: bool = True, **extra: Any) -> dict[str, Any]:
+    data = x.tolist() if nested else x.ravel().tolist()
+    return {
+        "inputs": [{"name": "input", "shape": list(x.shape), "datatype": datatype, "data": data}],
+        **extra,
+    }
+
+
+def binary_body(
+    x: np.ndarray, datatype: str = "FP32", request: dict[str, Any] | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """A binary-tensor request the way tritonclient builds it (no Content-Type)."""
+    raw = x.tobytes()
+    head = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(x.shape),
+                "datatype": datatype,
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        ],
+        **(request or {}),
+    }
+    text = json.dumps(head).encode()
+    return text + raw, {"Inference-Header-Content-Length": str(len(text))}
+
+
+def split_binary(response: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Decode a binary response: the JSON header, then each output's bytes in order."""
+    size = int(response.headers["Inference-Header-Content-Length"])
+    head = json.loads(response.content[:size])
+    arrays, offset = {}, size
+    for out in head["outputs"]:
+        if "data" in out:
+            continue
+        n = out["parameters"]["binary_data_size"]
+        dtype = {"FP32": "<f4", "INT64": "<i8"}[out["datatype"]]
+        arrays[out["name"]] = np.frombuffer(response.content[offset : offset + n], dtype).reshape(
+            out["shape"]
+        )
+        offset += n
+    assert offset == len(response.content)
+    return head, arrays
+
+
+def test_health(client: TestClient) -> None:
+    assert client.get("/v2/health/live").status_code == 200
+    assert client.get("/v2/health/ready").status_code == 200
+    assert client.get("/v2/models/digits/ready").status_code == 200
+    assert client.get("/v2/models/digits/versions/1/ready").status_code == 200
+    response = client.get("/v2/models/nope/ready")
+    assert response.status_code == 404
+    assert response.json() == {"error": "unknown model 'nope'; this server has ['digits', 'house', 'iris']"}
+
+
+def test_server_metadata(client: TestClient) -> None:
+    body = client.get("/v2").json()
+    assert body["name"] == "bnserve"
+    assert isinstance(body["version"], str) and body["version"]
+    assert "binary_tensor_data" in body["extensions"]
+
+
+def test_model_metadata(client: TestClient) -> None:
+    body = client.get("/v2/models/digits").json()
+    assert body["name"] == "digits"
+    assert body["versions"] == ["1", "2"]
+    assert body["platform"] == "onnx_onnxv1"
+    assert body["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    assert body["outputs"] == [
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
+        {"name": "label", "datatype": "INT64", "shape": [-1]},
+    ]
+    assert body["parameters"]["class_labels"] == list(range(10))
+    assert client.get("/v2/models/digits/versions/1").json()["versions"] == ["1"]
+    house = client.get("/v2/models/house").json()
+    assert house["outputs"] == [{"name": "prediction", "datatype": "FP32", "shape": [-1, 1]}]
+
+
+@pytest.mark.parametrize(("datatype", "nested"), [("FP32", True), ("FP32", False), ("FP64", True)])
+def test_infer_json_matches_the_closed_form(
+    client: TestClient, repo: Repo, datatype: str, nested: bool
+) -> None:
+    tiny = repo.models["digits"]
+    x = np.random.default_rng(1).normal(size=(5, 64)).astype(np.float32)
+    response = client.post("/v2/models/digits/infer", json=infer_json(x, datatype, nested, id="req-7"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["id"] == "req-7"
+    assert body["model_name"] == "digits" and body["model_version"] == "2"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["probabilities"]["shape"] == [5, 10] and outputs["probabilities"]["datatype"] == "FP32"
+    assert outputs["label"]["shape"] == [5] and outputs["label"]["datatype"] == "INT64"
+    want = tiny.expected(x)
+    got = np.array(outputs["probabilities"]["data"]).reshape(5, 10)
+    np.testing.assert_allclose(got, want["probabilities"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(outputs["label"]["data"], want["label"])
+
+
+def test_infer_integer_inputs_and_versions(client: TestClient, repo: Repo) -> None:
+    x = np.arange(2 * 64).reshape(2, 64) % 17
+    for path, key in (
+        ("/v2/models/digits/versions/1/infer", "digits@1"),
+        ("/v2/models/digits/infer", "digits"),
+    ):
+        body = client.post(path, json=infer_json(x, "INT32")).json()
+        got = np.array(body["outputs"][0]["data"]).reshape(2, 10)
+        np.testing.assert_allclose(got, repo.models[key].expected(x)["probabilities"], rtol=1e-5, atol=1e-6)
+
+
+def test_requested_outputs_are_honoured(client: TestClient) -> None:
+    x = np.zeros((3, 64), np.float32)
+    body = client.post("/v2/models/digits/infer", json=infer_json(x, outputs=[{"name": "label"}])).json()
+    assert [o["name"] for o in body["outputs"]] == ["label"]
+    assert "id" not in body
+
+
+def test_regression(client: TestClient, repo: Repo) -> None:
+    x = np.random.default_rng(2).normal(size=(4, 3)).astype(np.float32)
+    body = client.post("/v2/models/house/infer", json=infer_json(x)).json()
+    (out,) = body["outputs"]
+    assert out["name"] == "prediction" and out["shape"] == [4, 1]
+    np.testing.assert_allclose(
+        np.reshape(out["data"], (4, 1)), repo.models["house"].expected(x)["prediction"], rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64", "INT64", "UINT8", "FP16"])
+def test_binary_inputs_and_outputs(client: TestClient, repo: Repo, datatype: str) -> None:
+    np_type = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8", "UINT8": "u1", "FP16": "<f2"}[datatype]
+    x = (np.random.default_rng(3).uniform(0, 16, size=(6, 64))).astype(np_type)
+    body, headers = binary_body(x, datatype, {"id": "b1", "parameters": {"binary_data_output": True}})
+    response = client.post("/v2/models/digits/infer", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    head, arrays = split_binary(response)
+    assert head["id"] == "b1"
+    want = repo.models["digits"].expected(x.astype(np.float32))
+    np.testing.assert_allclose(arrays["probabilities"], want["probabilities"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(arrays["label"], want["label"])
+
+
+def test_mixed_binary_and_json_outputs(client: TestClient) -> None:
+    x = np.ones((2, 64), np.float32)
+    outputs = [
+        {"name": "label", "parameters": {"binary_data": False}},
+        {"name": "probabilities", "parameters": {"binary_data": True}},
+    ]
+    body, headers = binary_body(x, request={"outputs": outputs})
+    response = client.post("/v2/models/digits/infer", content=body, headers=headers)
+    head, arrays = split_binary(response)
+    assert [o["name"] for o in head["outputs"]] == ["label", "probabilities"]
+    assert len(head["outputs"][0]["data"]) == 2
+    assert arrays["probabilities"].shape == (2, 10)
+
+
+def test_body_without_content_type_is_served(client: TestClient) -> None:
+    x = np.zeros((1, 64), np.float32)
+    response = client.post("/v2/models/digits/infer", content=json.dumps(infer_json(x)).encode())
+    assert "content-type" not in response.request.headers
+    assert response.status_code == 200
+
+
+def test_row_is_independent_of_its_batch(client: TestClient) -> None:
+    x = np.random.default_rng(4).normal(size=(100, 64)).astype(np.float32)
+    batch = client.post("/v2/models/digits/infer", json=infer_json(x)).json()["outputs"][0]["data"]
+    batch = np.reshape(batch, (100, 10))
+    for i in (0, 37, 99):
+        alone = client.post("/v2/models/digits/infer", json=infer_json(x[i : i + 1])).json()["outputs"][0][
+            "data"
+        ]
+        np.testing.assert_array_equal(alone, batch[i])
