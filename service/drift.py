@@ -32,16 +32,17 @@ The live mean and variance are exponentially weighted moving averages, as Batch 
 statistics, with a horizon of ``horizon_rows``: the per-row decay is ``lam = 1 - 1/horizon_rows`` (BN's
 momentum is ``1/horizon_rows``). A request of ``n`` rows applies the per-row recurrence
 ``m <- lam m + (1 - lam) x_i`` in closed form: ``S <- lam**n S + sum_i lam**(n-1-i) x_i``, one matrix-vector
-product, no Python loop over rows. The accumulators are unnormalised sums (of weights, of ``x - mean_train``,
-and of its square) and estimates divide by the sum of weights, which is the recurrence started at zero and
-bias-corrected as Adam does, so the first rows are not pulled towards zero. Shifting by the training mean
+product, no Python loop over rows. The accumulators are unnormalised weighted sums of ``x - mean_train`` and
+of its square; estimates divide them by the sum of the weights (a geometric series in the rows seen), which
+is the recurrence started at zero and bias-corrected as Adam does, so the first rows are not pulled to zero. Shifting by the training mean
 before squaring keeps ``E[d^2] - E[d]^2`` free of cancellation.
 
 The decile histogram uses the same machinery with its own horizon ``window_rows``: exponentially decayed
-bin counts, rather than a ring of per-request count arrays. The state stays ``(F, 10)`` whatever the traffic,
-a window is measured in rows rather than in requests (one request of 1000 rows and 1000 requests of one
-row weigh the same), the histogram forgets smoothly instead of jumping when a large request leaves the
-ring, and its effective size is computed exactly as for the moments.
+bin counts, rather than a ring of per-request count arrays. The state stays ``(F, 9)`` decayed counts of
+``x >= edge`` (the 10 bin counts are their differences) whatever the traffic; a window is measured in rows
+rather than in requests (one request of 1000 rows and 1000 requests of one row weigh the same); the
+histogram forgets smoothly instead of jumping when a large request leaves the ring; and its effective size
+is computed exactly as for the moments.
 
 How many rows an estimate rests on is Kish's effective sample size ``(sum w)^2 / sum w^2``: the number of rows
 seen while it is small, tending to ``2 * horizon - 1`` in steady state. PSI has a small-sample bias of
@@ -214,6 +215,7 @@ class DriftMonitor:
 
         Rows holding NaN or infinity are dropped (and counted), as they would poison the averages.
         """
+        x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"expected a batch of shape (n, {self.n_features}), got {tuple(x.shape)}")
         dropped = 0
