@@ -92,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, field in Settings.model_fields.items():
         env = ENV_PREFIX + name.upper()
-        shown = "(hidden)" if name == "api_key" else repr(field.default)
+        shown = (
+            "(unset)"
+            if name == "api_key"
+            else (str(field.default) if isinstance(field.default, Path) else repr(field.default))
+        )
         help_text = f"{field.description} [env {env}, default {shown}]"
         parser.add_argument(_option(name), dest=name, default=None, metavar=name.upper(), help=help_text)
     return parser
