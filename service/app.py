@@ -136,6 +136,14 @@ class RequestContext:
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         info = RequestInfo(given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex)
         scope["bnserve.info"] = info
+        limit = self.state.settings.max_body_bytes
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await error_response(413, f"request body exceeds the limit of {limit} bytes")(
+                scope, receive, send
+            )
+            self._account(scope, info, 413, time.perf_counter() - started)
+            return
         status = 500
         response_started = False
 
@@ -159,32 +167,36 @@ class RequestContext:
                 )
             status = 500
         finally:
-            seconds = time.perf_counter() - started
-            protocol = _protocol(scope["path"])
-            self.state.metrics.observe(
-                info.model, protocol, status, seconds, info.rows if status == 200 else None
-            )
-            if self.state.settings.access_log:
-                client = scope.get("client")
-                access_log.info(
-                    "%s %s %d %.2fms",
-                    scope["method"],
-                    scope["path"][:200],
-                    status,
-                    seconds * 1e3,
-                    extra={
-                        "request_id": info.request_id,
-                        "method": scope["method"],
-                        "path": scope["path"][:200],
-                        "status": status,
-                        "duration_ms": round(seconds * 1e3, 3),
-                        "protocol": protocol,
-                        "model": info.model or None,
-                        "model_version": info.version,
-                        "rows": info.rows,
-                        "client": client[0] if client else None,
-                    },
-                )
+            self._account(scope, info, status, time.perf_counter() - started)
+
+    def _account(self, scope: Scope, info: RequestInfo, status: int, seconds: float) -> None:
+        """Metrics and the access-log line of one finished request."""
+        protocol = _protocol(scope["path"])
+        self.state.metrics.observe(
+            info.model, protocol, status, seconds, info.rows if status == 200 else None
+        )
+        if not self.state.settings.access_log:
+            return
+        client = scope.get("client")
+        access_log.info(
+            "%s %s %d %.2fms",
+            scope["method"],
+            scope["path"][:200],
+            status,
+            seconds * 1e3,
+            extra={
+                "request_id": info.request_id,
+                "method": scope["method"],
+                "path": scope["path"][:200],
+                "status": status,
+                "duration_ms": round(seconds * 1e3, 3),
+                "protocol": protocol,
+                "model": info.model or None,
+                "model_version": info.version,
+                "rows": info.rows,
+                "client": client[0] if client else None,
+            },
+        )
 
 
 def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -271,7 +283,15 @@ def create_app(settings: Settings) -> FastAPI:
         max_body_size=settings.max_body_bytes,
     )
     app.state.service = state
-    app.add_middleware(RequestContext, state=state)
+    # Outermost, around FastAPI's own error and body-limit middleware: it sees every request and exception,
+    # and answers an oversized Content-Length with a JSON 413 before the body limiter's plain-text one.
+    build_stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: RequestContext(build_stack(), state)  # type: ignore[method-assign]
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        # Answered here; RequestContext logs the exception with its request id when it propagates.
+        return error_response(500, f"internal server error (request id {request_info(request).request_id})")
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
