@@ -648,8 +648,8 @@ def plot_curves(results: Sequence[RunResult], budget: Budget, data: Prepared, pa
             if j == 0:
                 ax.set_ylabel("test accuracy")
     fig.suptitle(
-        f"{data.name}: test accuracy during training (plain SGD, batch {budget.batch_size}; "
-        f"mean of {len(budget.seeds)} seeds, band = min..max; dotted = chance)",
+        f"{data.name}: test accuracy during training, plain SGD, batch {budget.batch_size}\n"
+        f"line = mean of {len(budget.seeds)} seeds, band = min..max, dotted = chance",
         fontsize=11,
     )
     fig.tight_layout()
@@ -688,6 +688,9 @@ def plot_final_vs_lr(summary: dict[str, Any], budget: Budget, data: Prepared, pa
                     )
         ax.axhline(data.chance, color="grey", lw=0.8, ls=":", label="chance")
         ax.set_xscale("log")
+        ax.set_xticks(list(budget.lrs))
+        ax.set_xticklabels([f"{lr:g}" for lr in budget.lrs])
+        ax.minorticks_off()
         ax.set_xlabel("learning rate (log scale)")
         ax.set_ylabel("final test accuracy")
         ax.set_title(f"{data.name}, {a}: after {budget.steps} steps", fontsize=10)
@@ -779,6 +782,20 @@ def _pct(ms: Sequence[float]) -> str:
     return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
 
 
+DISCUSSION_START = "<!-- discussion: written by hand, kept when the report is regenerated -->"
+DISCUSSION_END = "<!-- end of discussion -->"
+
+
+def _kept_discussion(path: Path) -> str:
+    """The hand-written discussion of an existing report at ``path`` (between the markers), or a stub."""
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        start, end = text.find(DISCUSSION_START), text.find(DISCUSSION_END)
+        if 0 <= start < end:
+            return text[start + len(DISCUSSION_START) : end].strip("\n")
+    return "_(No discussion written yet: the tables and plots below are the evidence.)_"
+
+
 def write_report(
     out: Path,
     summary: dict[str, Any],
@@ -827,7 +844,7 @@ def write_report(
     for claim, v in summary["verdicts"].items():
         cases = "; ".join(f"{c}: {'yes' if ok else 'no'}" for c, ok in v["cases"].items())
         lines.append(f"| {claim} | {v['rule']} | {cases} | **{v['verdict']}** |")
-    lines += ["", "<!-- DISCUSSION -->", ""]
+    lines += ["", DISCUSSION_START, _kept_discussion(out / "report.md"), DISCUSSION_END, ""]
 
     lines += ["## 1. Learning rates and speed: with vs without BN", ""]
     for d in datasets.values():

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 
 from training.experiments import (
+    DISCUSSION_END,
+    DISCUSSION_START,
     QUICK,
     Budget,
     EWMAStatistics,
+    _kept_discussion,
     accuracy_in_batches,
     covariate_shift_index,
     forward_batch_statistics,
@@ -127,3 +130,12 @@ def test_covariate_shift_index_closed_form():
     assert covariate_shift_index(still, spreads) == 0.0
     moving = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 0.0], [2.0, 0.0]])  # unit 0: std 1, unit 1: std 0
     assert covariate_shift_index(moving, spreads) == pytest.approx((1.0 / 2.0 + 0.0) / 2)
+
+
+def test_hand_written_discussion_survives_regeneration(tmp_path):
+    report = tmp_path / "report.md"
+    assert "No discussion" in _kept_discussion(report)  # no report yet: a stub
+    report.write_text(
+        f"# old\n{DISCUSSION_START}\nBN helps sigmoids.\n\nNot ReLUs.\n{DISCUSSION_END}\nold tables\n"
+    )
+    assert _kept_discussion(report) == "BN helps sigmoids.\n\nNot ReLUs."
