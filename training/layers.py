@@ -66,13 +66,14 @@ class Linear(Layer):
             y += self.b
         return y
 
-    def backward(self, dy: Array) -> Array:
+    def backward(self, dy: Array, input_grad: bool = True) -> Array | None:
+        """Leaves ``dW`` (and ``db``); returns ``dx``, or None when ``input_grad`` is False (first layer)."""
         if self._x is None:
             raise RuntimeError("Linear.backward needs a forward pass in training mode first")
         self.dW = self._x.T @ dy  # (in, out)
         if self.b is not None:
             self.db = dy.sum(axis=0)  # (out,)
-        return dy @ self.W.T  # (N, in)
+        return dy @ self.W.T if input_grad else None  # (N, in)
 
     def params(self) -> dict[str, Array]:
         return {"W": self.W} if self.b is None else {"W": self.W, "b": self.b}
@@ -151,16 +152,20 @@ class BatchNorm(Layer):
     def backward(self, dy: Array) -> Array:
         """Closed-form gradient through the batch statistics.
 
-        With ``g = dy * gamma``: ``dx = inv_std / N * (N g - sum(g) - xhat * sum(g * xhat))``.
+        ``dbeta = sum(dy)``, ``dgamma = sum(dy * xhat)`` and, reusing both,
+        ``dx = gamma * inv_std / N * (N dy - dbeta - xhat * dgamma)`` (cs231n's compact form).
         """
         if self._xhat is None or self._inv_std is None:
             raise RuntimeError("BatchNorm.backward needs a forward pass in training mode first")
-        xhat, inv_std = self._xhat, self._inv_std
+        xhat = self._xhat
         n = dy.shape[0]
         self.dbeta = dy.sum(axis=0)  # (D,)
         self.dgamma = (dy * xhat).sum(axis=0)  # (D,)
-        g = dy * self.gamma  # (N, D)
-        return (inv_std / n) * (n * g - g.sum(axis=0) - xhat * (g * xhat).sum(axis=0))
+        dx = dy * n  # (N, D)
+        dx -= self.dbeta
+        dx -= xhat * self.dgamma
+        dx *= self.gamma * self._inv_std / n
+        return dx
 
     def params(self) -> dict[str, Array]:
         return {"gamma": self.gamma, "beta": self.beta}

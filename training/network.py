@@ -84,12 +84,20 @@ class MLP:
             h = layer.forward(h, training)
         return h
 
-    def backward(self, dout: Array) -> Array:
-        """Back-propagate ``dL/d(output)``; leaves the gradients on the layers and returns ``dL/dx``."""
+    def backward(self, dout: Array, input_grad: bool = False) -> Array | None:
+        """Back-propagate ``dL/d(output)``, leaving the gradients on the layers.
+
+        Returns ``dL/dx`` when ``input_grad``; by default the first layer skips that product, which training
+        never needs (it is the largest matrix product of the backward pass for wide inputs).
+        """
+        layers = self.layers
         d = dout
-        for layer in reversed(self.layers):
+        for layer in reversed(layers[1:]):
             d = layer.backward(d)
-        return d
+        first = layers[0]
+        if isinstance(first, Linear):
+            return first.backward(d, input_grad=input_grad)
+        return first.backward(d)
 
     def _named(self) -> list[tuple[str, Layer]]:
         named: list[tuple[str, Layer]] = []

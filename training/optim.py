@@ -83,19 +83,26 @@ class Adam(Optimizer):
         super().step(net)
 
     def update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
-        st = self.state.setdefault(name, {})
-        if "m" not in st:
-            st["m"] = np.zeros_like(p)
-            st["v"] = np.zeros_like(p)
-        m, v = st["m"], st["v"]
+        st = self.state.get(name)
+        if st is None:
+            st = self.state[name] = {"m": np.zeros_like(p), "v": np.zeros_like(p), "tmp": np.empty_like(p)}
+        m, v, tmp = st["m"], st["v"], st["tmp"]
+        # In place with one scratch array: no allocation per step (this loop is memory-bound).
+        np.multiply(g, 1.0 - self.b1, out=tmp)
         m *= self.b1
-        m += (1.0 - self.b1) * g
+        m += tmp
+        np.multiply(g, g, out=tmp)
+        tmp *= 1.0 - self.b2
         v *= self.b2
-        v += (1.0 - self.b2) * (g * g)
+        v += tmp
         step = self.lr * math.sqrt(1.0 - self.b2**self.t) / (1.0 - self.b1**self.t)
         if self.weight_decay and decays(name):
-            p -= (self.lr * self.weight_decay) * p
-        p -= step * m / (np.sqrt(v) + self.eps)
+            p *= 1.0 - self.lr * self.weight_decay
+        np.sqrt(v, out=tmp)
+        tmp += self.eps
+        np.divide(m, tmp, out=tmp)
+        tmp *= step
+        p -= tmp
 
 
 def make_optimizer(name: str, lr: float, weight_decay: float) -> Optimizer:
