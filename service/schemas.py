@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, NonNegativeInt
 
 from service.v2 import DATATYPES
 
@@ -68,7 +68,7 @@ class RequestInput(BaseModel):
     """The one input tensor ``input``: rows of features, data flat (row-major) or nested."""
 
     name: Literal["input"]
-    shape: list[int] = Field(min_length=2, max_length=2, description="[rows, features]")
+    shape: list[NonNegativeInt] = Field(min_length=2, max_length=2, description="[rows, features]")
     datatype: V2Datatype
     parameters: InputParameters | None = None
     data: list[Number] | list[list[Number]] | None = None

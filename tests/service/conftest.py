@@ -7,6 +7,7 @@ Broken variants (truncated, not ONNX, no metadata, metadata contradicting the gr
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,9 +168,18 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     return Repo(root=root, models=models)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_bnserve_environment() -> Iterator[None]:
+    """The tests' settings must not depend on the BNSERVE_* variables of whoever runs them."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("BNSERVE_")]:
+            mp.delenv(key)
+        yield
+
+
 def settings_for(root: Path, **overrides: object) -> Settings:
-    """Settings for a test app, independent of the caller's BNSERVE_* environment."""
-    return Settings(model_repository=root, access_log=True, **overrides)  # type: ignore[arg-type]
+    """Settings for a test app serving ``root``."""
+    return Settings(**{"model_repository": root, "access_log": True, **overrides})  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
