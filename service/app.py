@@ -35,7 +35,7 @@ from service import schemas, v1, v2
 from service.errors import BadRequest, ModelLoadError, NotReady, PayloadTooLarge, ServiceError, Unauthorized
 from service.metrics import CONTENT_TYPE, Metrics
 from service.repository import ModelRepository, load_repository
-from service.runtime import ModelRuntime
+from service.runtime import ModelRuntime, Observer
 from service.settings import Settings
 
 log = logging.getLogger("bnserve")
@@ -242,8 +242,15 @@ def _json_body(model: str) -> dict[str, Any]:
     }
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The bnserve ASGI app for ``settings``; models load when its lifespan starts."""
+def create_app(
+    settings: Settings, observers_for: Callable[[ModelRuntime], list[Observer]] | None = None
+) -> FastAPI:
+    """The bnserve ASGI app for ``settings``; models load when its lifespan starts.
+
+    ``observers_for(model)``, when given, is called once per loaded model and returns the callables fed the
+    float32 rows of each successful inference (the hook for a covariate-shift monitor, e.g.
+    ``lambda m: [DriftMonitor(m.contract.input_stats).update]``).
+    """
     state = ServiceState(settings=settings)
 
     @asynccontextmanager
@@ -256,6 +263,9 @@ def create_app(settings: Settings) -> FastAPI:
         except ModelLoadError as exc:
             state.startup_error = str(exc)  # python -m service prints it, in one line
             raise
+        if observers_for is not None:
+            for model in repository:
+                model.observers.extend(observers_for(model))
         state.metrics.set_models(repository, time.perf_counter() - started)
         state.repository = repository
         state.metrics.ready.set(1)

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from service.__main__ import main
 from service.app import create_app
+from service.runtime import ModelRuntime
 from service.settings import ENV_PREFIX, Settings, SettingsError, build_parser, load_settings
 from tests.service.conftest import Repo, settings_for
 
@@ -261,3 +262,14 @@ def test_help_lists_every_setting() -> None:
     for name in Settings.model_fields:
         assert "--" + name.replace("_", "-") in text
         assert ENV_PREFIX + name.upper() in text.replace("\n", "").replace(" ", "")
+
+
+def test_observer_hook_of_create_app(repo: Repo) -> None:
+    fed: list[tuple[str, int, tuple[int, ...]]] = []
+
+    def observers_for(model: ModelRuntime) -> list:
+        return [lambda x: fed.append((model.name, model.version, x.shape))]
+
+    with TestClient(create_app(settings_for(repo.root), observers_for=observers_for)) as c:
+        assert c.post("/v2/models/digits/versions/1/infer", json=infer_body(2)).status_code == 200
+    assert fed == [("digits", 1, (2, 64))]
