@@ -93,7 +93,10 @@ def to_float32_rows(values: np.ndarray) -> np.ndarray:
     ``inf`` by the cast.
     """
     if values.dtype.kind == "f":
-        ok = np.abs(values) <= FLOAT32_MAX  # False for NaN and both infinities too
+        if values.dtype.itemsize <= 4:  # FP16 / FP32: every finite value fits in float32
+            ok = np.isfinite(values)
+        else:
+            ok = np.abs(values) <= FLOAT32_MAX  # False for NaN and both infinities too
         if not ok.all():
             r, c = (int(i) for i in np.argwhere(~ok)[0])
             v = float(values[r, c])
