@@ -10,7 +10,7 @@ the numpy MLP of :mod:`training.network`, and writes a Markdown report with PNG 
 
 One training run is: a 3-hidden-layer MLP (as in the paper's Figure 1), plain SGD (no momentum) at a fixed
 learning rate, mini-batches of 60, a fixed number of steps, no early stopping, no weight decay. Every
-``eval_every`` steps it records the test accuracy and the 15/50/85th percentiles of the pre-activations of
+``eval_every`` steps (and at log-spaced steps early on, where training moves fastest) it records the test accuracy and the 15/50/85th percentiles of the pre-activations of
 the last hidden layer over the test set. At the end of a BN run it scores several test-time statistics.
 
 The loop is written here rather than in :func:`training.train.train` because it needs per-step hooks
@@ -68,6 +68,7 @@ class Budget:
 
     steps: int = 6000
     eval_every: int = 120
+    log_evals: int = 40  # extra evaluations at log-spaced steps, to resolve the first few hundred steps
     batch_size: int = 60
     hidden: tuple[int, ...] = (100, 100, 100)
     lrs: tuple[float, ...] = (0.01, 0.1, 0.5, 1.0)
@@ -85,7 +86,15 @@ class Budget:
 
 
 FULL = Budget()
-QUICK = Budget(steps=40, eval_every=10, hidden=(16, 16, 16), lrs=(0.1, 1.0), seeds=(0, 1))
+QUICK = Budget(steps=40, eval_every=10, log_evals=5, hidden=(16, 16, 16), lrs=(0.1, 1.0), seeds=(0, 1))
+
+
+def evaluation_steps(budget: Budget) -> list[int]:
+    """Step 0, every ``eval_every`` steps, and ``log_evals`` log-spaced steps from 1 to ``steps``."""
+    grid = set(range(0, budget.steps + 1, budget.eval_every))
+    if budget.log_evals:
+        grid |= {int(v) for v in np.geomspace(1, budget.steps, budget.log_evals).round()}
+    return sorted(grid)
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -286,6 +295,7 @@ def train_run(
     diverged_at: int | None = None
     # Overflow in a diverging run is expected: it is detected below, not warned about.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        eval_steps = set(evaluation_steps(budget))
         record(0)
         for step in range(1, budget.steps + 1):
             if pos + budget.batch_size > n:  # reshuffle each epoch; drop the short tail
@@ -305,7 +315,7 @@ def train_run(
                 ]
                 for tr in trackers.values():
                     tr.update(batch)
-            if step % budget.eval_every == 0:
+            if step in eval_steps:
                 record(step)
 
         final = _final_metrics(data, frozen_logits, diverged_at is not None)
@@ -313,7 +323,9 @@ def train_run(
         if batchnorm and score_test_time and diverged_at is None:
             test_time = _score_test_time(data, net, trackers, rng_precise, budget.batch_size)
 
-    m_arr, s_arr = np.array(medians), np.array(spreads)
+    # The shift index uses the evenly spaced evaluations only, so that each stretch of training counts alike.
+    even = np.array([st % budget.eval_every == 0 for st in steps])
+    m_arr, s_arr = np.array(medians)[even], np.array(spreads)[even]
     finite = np.isfinite(m_arr).all(axis=1) & np.isfinite(s_arr).all(axis=1)
     return RunResult(
         dataset=data.name,
@@ -637,14 +649,16 @@ def plot_curves(results: Sequence[RunResult], budget: Budget, data: Prepared, pa
                 steps, mean, lo, hi = mean_curve(runs)
                 n_div = sum(r.diverged_at is not None for r in runs)
                 suffix = f" ({n_div}/{len(runs)} diverged)" if n_div else ""
-                ax.plot(steps, mean, color=color, label=label + suffix, lw=1.6)
-                ax.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
+                keep = steps > 0  # a log axis: step 0 (chance for both) is left out
+                ax.plot(steps[keep], mean[keep], color=color, label=label + suffix, lw=1.6)
+                ax.fill_between(steps[keep], lo[keep], hi[keep], color=color, alpha=0.2, lw=0)
             ax.axhline(data.chance, color="grey", lw=0.8, ls=":")
+            ax.set_xscale("log")
             ax.set_title(f"{a}, lr = {lr:g}", fontsize=10)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8, loc="lower right")
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=8, loc="upper left")
             if i == len(acts) - 1:
-                ax.set_xlabel("training step")
+                ax.set_xlabel("training step (log scale)")
             if j == 0:
                 ax.set_ylabel("test accuracy")
     fig.suptitle(
@@ -823,7 +837,8 @@ def write_report(
         f"- Training: plain SGD (no momentum, no weight decay), mini-batches of {budget.batch_size}, "
         f"{budget.steps} steps, fixed learning rate in {', '.join(f'{lr:g}' for lr in budget.lrs)}; "
         f"seeds {', '.join(map(str, budget.seeds))}. No early stopping: the last step is what is scored.",
-        f"- Test accuracy is recorded every {budget.eval_every} steps. BN nets are evaluated with frozen EWMA "
+        f"- Test accuracy is recorded every {budget.eval_every} steps and at {budget.log_evals} log-spaced "
+        "steps (to resolve the start of training). BN nets are evaluated with frozen EWMA "
         f"statistics, momentum {DEFAULT_MOMENTUM} (bnserve's default; PyTorch's 0.1).",
         "- A run *diverges* when its training loss becomes non-finite; it then scores chance (the share of the "
         "most common test class) from that step on.",
