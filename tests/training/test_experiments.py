@@ -21,6 +21,7 @@ from training.experiments import (
     load_mnist1d,
     main,
     prepare,
+    scale_drift,
     train_run,
 )
 from training.network import MLP, MLPConfig
@@ -68,7 +69,7 @@ def test_quick_run_writes_report_plots_and_finite_numbers(tmp_path):
         if r["diverged_at"] is None:
             assert all(math.isfinite(v) for v in r["final"].values())
             assert all(math.isfinite(a) and 0.0 <= a <= 1.0 for a in r["test_accuracy"])
-            assert math.isfinite(r["shift_index"])
+            assert math.isfinite(r["shift_index"]) and math.isfinite(r["scale_drift"])
         for mode in r["test_time"].values():
             assert all(0.0 <= a <= 1.0 for a in mode.values())
 
@@ -130,6 +131,12 @@ def test_covariate_shift_index_closed_form():
     assert covariate_shift_index(still, spreads) == 0.0
     moving = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 0.0], [2.0, 0.0]])  # unit 0: std 1, unit 1: std 0
     assert covariate_shift_index(moving, spreads) == pytest.approx((1.0 / 2.0 + 0.0) / 2)
+
+
+def test_scale_drift_closed_form():
+    assert scale_drift(np.full((4, 2), 3.0)) == 0.0
+    doubling = np.array([[1.0, 5.0], [2.0, 5.0], [1.0, 5.0], [2.0, 5.0]])  # ln-std of unit 0: ln(2) / 2
+    assert scale_drift(doubling) == pytest.approx((math.log(2.0) / 2 + 0.0) / 2)
 
 
 def test_hand_written_discussion_survives_regeneration(tmp_path):
