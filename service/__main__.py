@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import ServiceState, create_app
 from service.logs import configure_logging
+from service.server import uvicorn_options
 from service.settings import SettingsError, load_settings
 
 
@@ -70,17 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = create_app(settings)
     state: ServiceState = app.state.service
     logging.getLogger("uvicorn.error").addFilter(_drop_startup_failed)
-    config = uvicorn.Config(
-        _QuietStartupFailure(app),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        log_level=settings.log_level,
-        access_log=False,  # the app writes its own access line, with the request id
-        timeout_graceful_shutdown=settings.graceful_timeout,
-        lifespan="on",
-        server_header=False,
-    )
+    config = uvicorn.Config(_QuietStartupFailure(app), **uvicorn_options(settings))
     server = _Server(config, state)
     signal.signal(signal.SIGTERM, _ignore)
     try:

@@ -1,0 +1,486 @@
+"""HTTP serving cost: the real service against a FastAPI app that does nothing, in the same run.
+
+Both servers run under the same uvicorn options (``service.server.uvicorn_options``: event loop, HTTP parser,
+no uvicorn access log, one worker unless ``--workers``), on 127.0.0.1. The no-op app has the service's routes,
+reads the whole request body and returns a fixed small JSON body. Every cell (protocol x batch x concurrency)
+is driven for ``--seconds`` by the same load generator, alternating between the two apps, and reports
+requests/s, rows/s, latency p50/p90/p99 and the service's ratio to the no-op app.
+
+The load generator is ``wrk`` when installed (POST bodies through a Lua script), else a Python keep-alive
+client (asyncio, uvloop when installed) in its own process; the output says which. On a machine with two or
+more cores the servers are pinned to CPU 0 and the load generator to CPU 1 (``--no-pin`` to turn off).
+
+    python benchmarks/serve.py                      # full grid, 5 s per cell
+    python benchmarks/serve.py --quick              # 1 s per cell, batch 1 and 64, concurrency 1 and 8
+    python benchmarks/serve.py --tool python --protocols v2-json --batches 1 --concurrency 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROTOCOLS = ("v1-json", "v2-json", "v2-binary")
+N_FEATURES = 64  # the digits model of models/ (8x8 images)
+NOOP_RESPONSE = b'{"model_name":"noop","model_version":"1","outputs":[]}'
+
+
+# ---- the no-op app ------------------------------------------------------------------------------------------
+def noop_app() -> Any:
+    """FastAPI with the service's inference routes; each reads the whole body and returns a fixed response."""
+    app = FastAPI()
+
+    async def infer(request: Request) -> Response:
+        await request.body()
+        return Response(NOOP_RESPONSE, media_type="application/json")
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        return Response(status_code=200)
+
+    app.post("/v2/models/{name}/infer")(infer)
+    app.post("/v1/models/{name}:predict")(infer)
+    return app
+
+
+def serve_noop(port: int) -> None:
+    """Run :func:`noop_app` under the service's own uvicorn options."""
+    import uvicorn
+
+    from service.server import uvicorn_options
+    from service.settings import Settings
+
+    settings = Settings(
+        model_repository=ROOT / "models", host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
+    uvicorn.Server(uvicorn.Config(noop_app(), **uvicorn_options(settings))).run()
+
+
+# ---- requests -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Payload:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def payload(protocol: str, batch: int, seed: int = 0) -> Payload:
+    """The request of one cell: ``batch`` digits-like rows (integers 0..16 as float32)."""
+    import numpy as np
+
+    x = np.random.default_rng(seed).integers(0, 17, size=(batch, N_FEATURES)).astype(np.float32)
+    if protocol == "v1-json":
+        body = json.dumps({"instances": x.tolist()}).encode()
+        return Payload("/v1/models/digits:predict", {"Content-Type": "application/json"}, body)
+    tensor: dict[str, Any] = {"name": "input", "shape": [batch, N_FEATURES], "datatype": "FP32"}
+    if protocol == "v2-json":
+        tensor["data"] = x.ravel().tolist()
+        body = json.dumps({"inputs": [tensor]}).encode()
+        return Payload("/v2/models/digits/infer", {"Content-Type": "application/json"}, body)
+    if protocol == "v2-binary":  # tritonclient's shape: binary inputs, binary outputs
+        raw = x.astype("<f4").tobytes()
+        tensor["parameters"] = {"binary_data_size": len(raw)}
+        head = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(head)),
+        }
+        return Payload("/v2/models/digits/infer", headers, head + raw)
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+
+
+# ---- servers ------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pinned(cpus: set[int] | None) -> Any:
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+class Server:
+    """A server subprocess on a free 127.0.0.1 port, in its own process group (stopped with all its workers)."""
+
+    def __init__(self, name: str, argv: list[str], port: int, cpus: set[int] | None) -> None:
+        self.name, self.port = name, port
+        self.log = tempfile.TemporaryFile()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BNSERVE_")}
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_pinned(cpus),
+        )
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(self.url("/v2/health/ready"), timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready within {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-3000:]
+
+    def check(self, p: Payload) -> None:
+        """One request through urllib: the cell must answer 200 before it is measured."""
+        request = urllib.request.Request(self.url(p.path), data=p.body, headers=p.headers, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as r:
+            if r.status != 200:
+                raise RuntimeError(f"{self.name} answered {r.status} to {p.path}")
+            r.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self.log.close()
+
+
+@contextlib.contextmanager
+def servers(workers: int, cpus: set[int] | None, service_args: Sequence[str]) -> Iterator[dict[str, Server]]:
+    """The service and the no-op app, both ready; both stopped on the way out, whatever happens."""
+    started: dict[str, Server] = {}
+    try:
+        port = free_port()
+        started["noop"] = Server("noop", [sys.executable, __file__, "--serve-noop", str(port)], port, cpus)
+        port = free_port()
+        argv = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
+        argv += ["--model-repository", str(ROOT / "models"), "--log-level", "warning", *service_args]
+        if workers > 1:
+            argv += ["--workers", str(workers)]
+        # Several workers get every core; the load generator then shares one with them.
+        started["service"] = Server("service", argv, port, cpus if workers == 1 else None)
+        for server in started.values():
+            server.wait_ready()
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+# ---- load generators ----------------------------------------------------------------------------------------
+@dataclass
+class Measured:
+    requests: int
+    seconds: float
+    errors: int  # non-200 answers and socket errors
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+
+
+_WRK_SCRIPT = """
+local f = assert(io.open({body_path}, "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+{headers}
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH %d %d %d %d %d %d\\n", summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout + e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99)))
+end
+"""
+
+
+def run_wrk(url: str, p: Payload, concurrency: int, seconds: float, cpus: set[int] | None) -> Measured:
+    """``wrk`` with one thread (it is pinned to one core) and ``concurrency`` keep-alive connections."""
+    with tempfile.TemporaryDirectory() as tmp:
+        body_path = Path(tmp) / "body"
+        body_path.write_bytes(p.body)
+        headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in p.headers.items())
+        script = Path(tmp) / "post.lua"
+        script.write_text(_WRK_SCRIPT.format(body_path=json.dumps(str(body_path)), headers=headers))
+        argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
+        out = subprocess.run(
+            [*argv, "-s", str(script), url],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=True,
+            preexec_fn=_pinned(cpus),
+        ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("BENCH "))
+    n, duration_us, errors, p50, p90, p99 = (int(v) for v in line.split()[1:])
+    return Measured(n, duration_us / 1e6, errors, p50 / 1e3, p90 / 1e3, p99 / 1e3)
+
+
+def run_python(url: str, p: Payload, concurrency: int, seconds: float, cpus: set[int] | None) -> Measured:
+    """The Python keep-alive generator (:func:`drive`) in its own process, pinned like wrk would be."""
+    spec = json.dumps({"url": url, "headers": p.headers, "concurrency": concurrency, "seconds": seconds})
+    with tempfile.NamedTemporaryFile() as body:
+        body.write(p.body)
+        body.flush()
+        out = subprocess.run(
+            [sys.executable, __file__, "--drive", spec, body.name],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=True,
+            preexec_fn=_pinned(cpus),
+        ).stdout
+    return Measured(**json.loads(out))
+
+
+async def _connection(
+    host: str, port: int, request: bytes, stop_at: float, latencies: list[float], errors: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while (start := time.perf_counter()) < stop_at:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - start)
+            if status != 200:
+                errors[0] += 1
+    finally:
+        writer.close()
+
+
+def drive(spec: dict[str, Any], body: bytes) -> Measured:
+    """Keep ``concurrency`` HTTP/1.1 keep-alive connections busy for ``seconds``; closed loop, like wrk."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    url = urllib.parse.urlsplit(spec["url"])
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    head = f"POST {url.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in spec["headers"].items())
+    request = (head + "\r\n").encode() + body
+    latencies: list[float] = []
+    errors = [0]
+
+    async def main() -> float:
+        started = time.perf_counter()
+        stop_at = started + spec["seconds"]
+        await asyncio.gather(
+            *(
+                _connection(host, port, request, stop_at, latencies, errors)
+                for _ in range(spec["concurrency"])
+            )
+        )
+        return time.perf_counter() - started
+
+    elapsed = asyncio.run(main())
+    ordered = sorted(latencies)
+
+    def pct(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3 if ordered else math.nan
+
+    return Measured(len(ordered), elapsed, errors[0], pct(0.50), pct(0.90), pct(0.99))
+
+
+# ---- the grid -----------------------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    app: str
+    protocol: str
+    batch: int
+    concurrency: int
+    requests_per_s: float
+    rows_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    errors: int
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def run_grid(args: argparse.Namespace) -> list[Cell]:
+    from service.server import event_loop, http_parser
+
+    tool = args.tool
+    if tool == "auto":
+        tool = "wrk" if shutil.which("wrk") else "python"
+    if tool == "wrk" and not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (apt-get install wrk); use --tool python")
+    runner = run_wrk if tool == "wrk" else run_python
+    pin = not args.no_pin and (os.cpu_count() or 1) >= 2
+    server_cpus, load_cpus = ({0}, {1}) if pin else (None, None)
+    print(f"# machine: {machine()}")
+    print(f"# load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(
+        f"# load generator: {tool}; uvicorn loop={event_loop()} http={http_parser()}; service workers={args.workers}; "
+        + ("servers pinned to CPU 0, load generator to CPU 1" if pin else "no CPU pinning")
+    )
+    print(f"# {args.seconds:g} s per cell (after a {args.warmup:g} s warm-up), apps alternating per cell")
+    print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    cells: list[Cell] = []
+    header = f"{'app':>8} {'protocol':>9} {'batch':>5} {'conc':>4} {'req/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>6}"
+    print(header)
+    with servers(args.workers, server_cpus, args.service_args) as running:
+        for protocol in args.protocols:
+            for batch in args.batches:
+                p = payload(protocol, batch)
+                for server in running.values():
+                    server.check(p)
+                for concurrency in args.concurrency:
+                    pair: dict[str, Cell] = {}
+                    for name in ("noop", "service"):
+                        url = running[name].url(p.path)
+                        if args.warmup > 0:
+                            runner(url, p, concurrency, args.warmup, load_cpus)
+                        m = runner(url, p, concurrency, args.seconds, load_cpus)
+                        rps = m.requests / m.seconds
+                        cell = Cell(
+                            name,
+                            protocol,
+                            batch,
+                            concurrency,
+                            rps,
+                            rps * batch,
+                            m.p50_ms,
+                            m.p90_ms,
+                            m.p99_ms,
+                            m.errors,
+                        )
+                        pair[name] = cell
+                        cells.append(cell)
+                        print(
+                            f"{name:>8} {protocol:>9} {batch:>5} {concurrency:>4} {rps:>9.0f} {rps * batch:>10.0f} "
+                            f"{m.p50_ms:>8.2f} {m.p90_ms:>8.2f} {m.p99_ms:>8.2f} {m.errors:>6}"
+                        )
+                    ratio = pair["service"].requests_per_s / pair["noop"].requests_per_s
+                    p99 = pair["service"].p99_ms / pair["noop"].p99_ms
+                    print(
+                        f"{'ratio':>8} {'':>9} {'':>5} {'':>4} throughput {ratio:.2f}x no-op, p99 {p99:.2f}x no-op"
+                    )
+    print(f"# load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    return cells
+
+
+def markdown(cells: list[Cell]) -> str:
+    """One row per cell: both apps side by side and the service's ratios."""
+    lines = [
+        "| protocol | batch | conc | no-op req/s | service req/s | service rows/s | no-op p50/p90/p99 ms "
+        "| service p50/p90/p99 ms | throughput ratio | p99 ratio |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    by_key = {(c.app, c.protocol, c.batch, c.concurrency): c for c in cells}
+    for c in cells:
+        if c.app != "service":
+            continue
+        n = by_key[("noop", c.protocol, c.batch, c.concurrency)]
+        lines.append(
+            f"| {c.protocol} | {c.batch} | {c.concurrency} | {n.requests_per_s:.0f} | {c.requests_per_s:.0f} "
+            f"| {c.rows_per_s:.0f} | {n.p50_ms:.2f} / {n.p90_ms:.2f} / {n.p99_ms:.2f} "
+            f"| {c.p50_ms:.2f} / {c.p90_ms:.2f} / {c.p99_ms:.2f} "
+            f"| {c.requests_per_s / n.requests_per_s:.2f} | {c.p99_ms / n.p99_ms:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell and app")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each measurement")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
+    p.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
+    p.add_argument("--workers", type=int, default=1, help="service workers (the no-op app always has one)")
+    p.add_argument("--no-pin", action="store_true", help="do not pin servers and load generator to CPUs")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 s per cell, no warm-up, concurrency 1 8"
+    )
+    p.add_argument("--json", type=Path, help="also write every cell to this JSON file")
+    p.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    p.add_argument(
+        "--service-arg",
+        dest="service_args",
+        action="append",
+        default=[],
+        help="extra argument for python -m service (repeatable), e.g. --service-arg=--access-log=false",
+    )
+    p.add_argument("--serve-noop", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    p.add_argument("--drive", nargs=2, metavar=("SPEC", "BODY"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve_noop is not None:
+        serve_noop(args.serve_noop)
+        return 0
+    if args.drive is not None:
+        spec, body_path = args.drive
+        print(json.dumps(asdict(drive(json.loads(spec), Path(body_path).read_bytes()))))
+        return 0
+    if args.quick:
+        args.seconds = min(args.seconds, 1.0)
+        args.warmup = 0.0
+        if args.concurrency == [1, 8, 32]:
+            args.concurrency = [1, 8]
+    cells = run_grid(args)
+    if args.markdown:
+        print(markdown(cells))
+    if args.json is not None:
+        args.json.write_text(json.dumps([asdict(c) for c in cells], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
