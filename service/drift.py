@@ -405,21 +405,27 @@ _FEATURE_GAUGES = (
 
 
 def register_prometheus(
-    registry: Any, monitors: Callable[[], Mapping[str, DriftMonitor]], *, per_feature: bool = True
+    registry: Any,
+    monitors: Callable[[], Mapping[str | tuple[str, ...], DriftMonitor]],
+    *,
+    labels: Sequence[str] = ("model",),
+    per_feature: bool = True,
 ) -> Any:
     """Register, in a ``prometheus_client`` registry, gauges read from every monitor's report at scrape time.
 
-    ``monitors`` maps model names to monitors and is called at each scrape, so models loaded later are
-    picked up, values are never stale, and nothing runs on the prediction path. ``per_feature`` adds one
-    PSI and one mean-shift series per (model, feature). Returns the collector (to unregister it).
+    ``monitors`` maps label values to monitors (a model name, or a tuple with one value per name in
+    ``labels``, e.g. ``("digits", "1")`` for ``labels=("model", "version")``) and is called at each scrape,
+    so models loaded later are picked up, values are never stale, and nothing runs on the prediction path.
+    ``per_feature`` adds one PSI and one mean-shift series per (model, feature). Returns the collector (to
+    unregister it).
     """
     from prometheus_client.core import GaugeMetricFamily
 
+    names = list(labels)
+
     def families() -> tuple[list[Any], list[Any]]:
-        models = [GaugeMetricFamily(name, doc, labels=["model"]) for _, name, doc in _GAUGES]
-        feats = [
-            GaugeMetricFamily(name, doc, labels=["model", "feature"]) for _, name, doc in _FEATURE_GAUGES
-        ]
+        models = [GaugeMetricFamily(name, doc, labels=names) for _, name, doc in _GAUGES]
+        feats = [GaugeMetricFamily(name, doc, labels=[*names, "feature"]) for _, name, doc in _FEATURE_GAUGES]
         return models, feats if per_feature else []
 
     class DriftCollector:
@@ -430,13 +436,16 @@ def register_prometheus(
 
         def collect(self) -> Iterator[Any]:
             models, feats = families()
-            for model, monitor in monitors().items():
+            for key_values, monitor in monitors().items():
+                values = [key_values] if isinstance(key_values, str) else list(key_values)
+                if len(values) != len(names):
+                    raise ValueError(f"monitor key {key_values!r} does not give one value per label {names}")
                 rep = monitor.report()
                 for (key, _, _), fam in zip(_GAUGES, models, strict=True):
-                    fam.add_metric([model], float(rep[key]))
+                    fam.add_metric(values, float(rep[key]))
                 for (key, _, _), fam in zip(_FEATURE_GAUGES, feats, strict=False):
                     for feat in rep["features"]:
-                        fam.add_metric([model, feat["name"]], feat[key])
+                        fam.add_metric([*values, feat["name"]], feat[key])
             yield from models + feats
 
     collector = DriftCollector()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, NonNegativeInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 from service.v2 import DATATYPES
 
@@ -147,3 +147,79 @@ class V1ModelStatus(BaseModel):
     name: str
     ready: bool
     model_version_status: list[V1VersionStatus]
+
+
+class DriftFeature(BaseModel):
+    """One input feature's drift scores; live means and stds are null before any row."""
+
+    name: str
+    psi: float = Field(description="PSI of the live decile histogram against the training one.")
+    mean_shift: float = Field(description="|mean_live - mean_train| / max(std_train, std_floor).")
+    mean_train: float
+    std_train: float
+    mean_live: float | None
+    std_live: float | None
+
+
+class DriftTopFeature(DriftFeature):
+    """A most shifted feature, with its position in the input row."""
+
+    index: int
+
+
+class DriftReport(BaseModel):
+    """``GET /v2/models/{name}/drift``: how far the served rows are from the training distribution."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "digits",
+                    "version": "1",
+                    "rows_seen": 269,
+                    "rows_effective": 267.4,
+                    "rows_effective_moments": 267.4,
+                    "rows_nonfinite": 0,
+                    "since": 1795487930.4,
+                    "score": 9.68,
+                    "score_definition": "max over features of PSI(live decile histogram, "
+                    "training decile histogram)",
+                    "threshold": 0.25,
+                    "min_rows": 200.0,
+                    "drifting": True,
+                    "top_features": [
+                        {
+                            "name": "pixel_7_1",
+                            "index": 57,
+                            "psi": 9.68,
+                            "mean_shift": 16.25,
+                            "mean_train": 0.2,
+                            "std_train": 0.96,
+                            "mean_live": 15.8,
+                            "std_live": 0.96,
+                        }
+                    ],
+                    "features": [],
+                    "config": {"horizon_rows": 1000.0, "window_rows": 1000.0, "threshold": 0.25},
+                }
+            ]
+        }
+    )
+
+    model: str
+    version: str
+    rows_seen: int = Field(description="Rows served since start-up or the last reset.")
+    rows_effective: float = Field(
+        description="Effective rows (Kish) the decayed histogram, hence the score, rests on."
+    )
+    rows_effective_moments: float = Field(description="Effective rows behind the live means and stds.")
+    rows_nonfinite: int = Field(description="Rows left out for holding NaN or infinity.")
+    since: float = Field(description="Unix time of start-up or of the last reset.")
+    score: float = Field(description="Max over features of the PSI; 0 before any row.")
+    score_definition: str
+    threshold: float
+    min_rows: float
+    drifting: bool = Field(description="score > threshold, on at least min_rows effective rows.")
+    top_features: list[DriftTopFeature] = Field(description="The most shifted features, by PSI.")
+    features: list[DriftFeature] = Field(description="Every feature, in input order.")
+    config: dict[str, Any]

@@ -16,6 +16,8 @@ from typing import Any, Literal, NoReturn
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.drift import DriftConfig
+
 ENV_PREFIX = "BNSERVE_"
 
 
@@ -58,6 +60,37 @@ class Settings(BaseSettings):
         le=300,
         description="Seconds in-flight requests get to finish after SIGTERM before the server exits.",
     )
+    drift_enabled: bool = Field(
+        default=True,
+        description="Monitor every model's inputs for covariate shift (GET /v2/models/<name>/drift).",
+    )
+    drift_horizon_rows: float = Field(
+        default=1000.0,
+        ge=1,
+        allow_inf_nan=False,
+        description="EWMA horizon of the live means and variances, in rows.",
+    )
+    drift_window_rows: float = Field(
+        default=1000.0,
+        ge=1,
+        allow_inf_nan=False,
+        description="Horizon of the decayed decile histogram behind the drift score (PSI), in rows.",
+    )
+    drift_threshold: float = Field(
+        default=0.25,
+        gt=0,
+        allow_inf_nan=False,
+        description="Drift score (max PSI over features) above which a model is drifting; 0.25 is 'significant'.",
+    )
+    drift_min_rows: float = Field(
+        default=200.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Effective rows the estimate must rest on before a model can be reported drifting.",
+    )
+    drift_top_k: int = Field(
+        default=5, ge=1, le=1000, description="How many of the most shifted features a drift report names."
+    )
 
     @field_validator("model_repository")
     @classmethod
@@ -80,6 +113,16 @@ class SettingsError(Exception):
 
 def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+    def drift_config(self) -> DriftConfig:
+        """The :class:`DriftConfig` of every model's monitor (its other fields keep their defaults)."""
+        return DriftConfig(
+            horizon_rows=self.drift_horizon_rows,
+            window_rows=self.drift_window_rows,
+            threshold=self.drift_threshold,
+            min_rows=self.drift_min_rows,
+            top_k=self.drift_top_k,
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
