@@ -91,7 +91,8 @@ def batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarra
     order = rng.permutation(n)
     out = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if len(out) > 1 and len(out[-1]) == 1:
-        out[-2] = np.concatenate([out[-2], out.pop()])
+        last = out.pop()
+        out[-1] = np.concatenate([out[-1], last])
     return out
 
 
@@ -188,16 +189,23 @@ def train(
         opt.lr = scheduled_lr(cfg.lr, cfg.schedule, epoch, cfg.epochs)
         total_loss, correct = 0.0, 0
         for idx in batches(len(Xtr), cfg.batch_size, rng_batches):
-            out = net.forward(Xtr[idx], training=True)
-            if classification:
-                loss, dout = softmax_cross_entropy(out, ytr[idx])
-                correct += int((out.argmax(axis=1) == ytr[idx]).sum())
-            else:
-                loss, dout = mean_squared_error(out, ytr[idx])
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"the training loss diverged at epoch {epoch + 1} (lr={opt.lr:g})")
-            net.backward(dout)
-            opt.step(net)
+            # An overflow or NaN anywhere means the run diverged: stop at once with a clear message.
+            with np.errstate(over="raise", invalid="raise"):
+                try:
+                    out = net.forward(Xtr[idx], training=True)
+                    if classification:
+                        loss, dout = softmax_cross_entropy(out, ytr[idx])
+                        correct += int((out.argmax(axis=1) == ytr[idx]).sum())
+                    else:
+                        loss, dout = mean_squared_error(out, ytr[idx])
+                    if not math.isfinite(loss):
+                        raise FloatingPointError("non-finite loss")
+                    net.backward(dout)
+                    opt.step(net)
+                except FloatingPointError as exc:
+                    raise FloatingPointError(
+                        f"the training diverged at epoch {epoch + 1} ({exc}; lr={opt.lr:g})"
+                    ) from None
             total_loss += loss * len(idx)
         val = evaluate(model, ds.X[sp.val], ds.y[sp.val])
         row = {"epoch": epoch + 1, "lr": opt.lr, "train_loss": total_loss / len(Xtr)}
