@@ -100,6 +100,21 @@ class ServiceState:
         info.model, info.version = found.name, found.version
         return found
 
+    def drift_monitor(self, model: ModelRuntime) -> DriftMonitor:
+        """The drift monitor of a loaded model, up to date; :class:`NotFound` when monitoring is off."""
+        monitor = self.drift.get((model.name, model.version))
+        if monitor is None:
+            raise NotFound("drift monitoring is off (BNSERVE_DRIFT_ENABLED=false)")
+        if self.feeder is not None:
+            self.feeder.flush()
+        return monitor
+
+    def drift_labels(self) -> dict[str | tuple[str, ...], DriftMonitor]:
+        """The monitors, up to date, keyed by their Prometheus label values ``(model, version)``."""
+        if self.feeder is not None and self.drift:
+            self.feeder.flush()
+        return {(name, str(version)): monitor for (name, version), monitor in self.drift.items()}
+
 
 @dataclass
 class RequestInfo:
@@ -116,21 +131,6 @@ def request_info(request: Request) -> RequestInfo:
     if info is None:  # only when the app is driven without its middleware
         info = request.scope["bnserve.info"] = RequestInfo(uuid.uuid4().hex)
     return info
-
-    def drift_monitor(self, model: ModelRuntime) -> DriftMonitor:
-        """The drift monitor of a loaded model, up to date; :class:`NotFound` when monitoring is off."""
-        monitor = self.drift.get((model.name, model.version))
-        if monitor is None:
-            raise NotFound("drift monitoring is off (BNSERVE_DRIFT_ENABLED=false)")
-        if self.feeder is not None:
-            self.feeder.flush()
-        return monitor
-
-    def drift_labels(self) -> dict[str | tuple[str, ...], DriftMonitor]:
-        """The monitors, up to date, keyed by their Prometheus label values ``(model, version)``."""
-        if self.feeder is not None and self.drift:
-            self.feeder.flush()
-        return {(name, str(version)): monitor for (name, version), monitor in self.drift.items()}
 
 
 def _protocol(path: str) -> str:

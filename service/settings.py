@@ -106,14 +106,6 @@ class Settings(BaseSettings):
             raise ValueError("must not be blank (unset it to turn authentication off)")
         return value
 
-
-class SettingsError(Exception):
-    """A setting has a bad value; the message is one readable line."""
-
-
-def _option(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
     def drift_config(self) -> DriftConfig:
         """The :class:`DriftConfig` of every model's monitor (its other fields keep their defaults)."""
         return DriftConfig(
@@ -123,6 +115,14 @@ def _option(name: str) -> str:
             min_rows=self.drift_min_rows,
             top_k=self.drift_top_k,
         )
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message is one readable line."""
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def build_parser() -> argparse.ArgumentParser:
