@@ -62,6 +62,15 @@ def test_quick_run_writes_report_plots_and_finite_numbers(tmp_path):
     assert "python -m training.experiments --quick" in report
     for claim in ("stabilises", "higher learning rates", "speeds up", "regularises", "test time"):
         assert claim in report
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["verdicts"]) and all(
+        v["verdict"] in {"supported", "partly supported", "not supported"}
+        for v in summary["verdicts"].values()
+    )
+    # The plots and the report are re-rendered from results.json alone, identically.
+    (tmp_path / "report.md").unlink()
+    assert main(["--replot", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "report.md").read_text() == report
     payload = json.loads((tmp_path / "results.json").read_text())
     runs = payload["runs"]
     assert len(runs) == len(QUICK.datasets) * len(QUICK.activations) * 2 * len(QUICK.lrs) * len(QUICK.seeds)
@@ -137,6 +146,11 @@ def test_scale_drift_closed_form():
     assert scale_drift(np.full((4, 2), 3.0)) == 0.0
     doubling = np.array([[1.0, 5.0], [2.0, 5.0], [1.0, 5.0], [2.0, 5.0]])  # ln-std of unit 0: ln(2) / 2
     assert scale_drift(doubling) == pytest.approx((math.log(2.0) / 2 + 0.0) / 2)
+
+
+def test_replot_without_results_is_a_clear_error(tmp_path, capsys):
+    assert main(["--replot", "--out", str(tmp_path)]) == 2
+    assert "results.json" in capsys.readouterr().err
 
 
 def test_hand_written_discussion_survives_regeneration(tmp_path):
