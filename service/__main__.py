@@ -13,11 +13,10 @@ from collections.abc import Sequence
 from types import FrameType
 
 import uvicorn
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import ServiceState, create_app
 from service.logs import configure_logging
-from service.server import uvicorn_options
+from service.server import QuietStartupFailure, serve_workers, uvicorn_options
 from service.settings import SettingsError, load_settings
 
 
@@ -31,25 +30,6 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.service_state.begin_shutdown()
         super().handle_exit(sig, frame)
-
-
-class _QuietStartupFailure:
-    """ASGI wrapper: a failed start-up is reported by :func:`main` in one line, not as a logged traceback."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_quietly(message: Message) -> None:
-            if message["type"] == "lifespan.startup.failed":
-                message = {"type": "lifespan.startup.failed", "message": ""}
-            await send(message)
-
-        await self.app(scope, receive, send_quietly)
 
 
 def _drop_startup_failed(record: logging.LogRecord) -> bool:
@@ -68,10 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"bnserve: {exc}\n")
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    logging.getLogger("uvicorn.error").addFilter(_drop_startup_failed)
+    if settings.workers > 1:
+        try:
+            return serve_workers(settings)
+        except KeyboardInterrupt:
+            return 0
     app = create_app(settings)
     state: ServiceState = app.state.service
-    logging.getLogger("uvicorn.error").addFilter(_drop_startup_failed)
-    config = uvicorn.Config(_QuietStartupFailure(app), **uvicorn_options(settings))
+    config = uvicorn.Config(QuietStartupFailure(app), **uvicorn_options(settings))
     server = _Server(config, state)
     signal.signal(signal.SIGTERM, _ignore)
     try:

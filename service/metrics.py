@@ -1,57 +1,84 @@
-"""Prometheus metrics, in a registry owned by one app (tests build many apps in one process)."""
+"""Prometheus metrics, in a registry owned by one app (tests build many apps in one process).
+
+With several workers (``PROMETHEUS_MULTIPROC_DIR`` set by ``service.server.serve_workers``) the request
+metrics live in prometheus-client's per-process files and every scrape, whichever worker answers, reports
+their aggregate: counters and histograms summed over all workers, gauges over the live ones by their
+``multiprocess_mode``. Collectors registered in :attr:`Metrics.registry` by others (the drift gauges) describe
+the answering worker only and then carry a ``replica`` label (``<hostname>:<pid>``).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+import socket
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.repository import ModelRepository
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _ROW_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+def replica_id() -> str:
+    """``<hostname>:<pid>``: tells the workers of one host, and the hosts, apart."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Metrics:
     """Request count by model, protocol and status; latency; rows per request; what is loaded."""
 
     def __init__(self) -> None:
+        #: For per-process collectors (drift); the request metrics below are only in it in one-process mode.
         self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
+        own = None if self.multiprocess_dir else self.registry  # multiprocess: values go to the files
         self.requests = Counter(
             "bnserve_requests",
             "HTTP requests, by model (empty when none), protocol (v2, v1, health, other) and status code.",
             ["model", "protocol", "status"],
-            registry=self.registry,
+            registry=own,
         )
         self.latency = Histogram(
             "bnserve_request_duration_seconds",
             "Time from the request's arrival to the end of its response.",
             ["model", "protocol"],
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=own,
         )
         self.rows = Histogram(
             "bnserve_request_rows",
             "Rows per successful inference request.",
             ["model", "protocol"],
             buckets=_ROW_BUCKETS,
-            registry=self.registry,
+            registry=own,
         )
         self.model_info = Gauge(
             "bnserve_model_info",
             "1 for every loaded model version, with its task and sizes as labels.",
             ["model", "version", "task", "features", "outputs"],
-            registry=self.registry,
+            registry=own,
+            multiprocess_mode="livemax",
         )
         self.load_seconds = Gauge(
             "bnserve_model_load_seconds",
-            "Seconds it took to load and check the whole model repository at start-up.",
-            registry=self.registry,
+            "Seconds it took to load and check the whole model repository at start-up (slowest live worker).",
+            registry=own,
+            multiprocess_mode="livemax",
         )
         self.ready = Gauge(
-            "bnserve_ready", "1 while the service accepts inference requests.", registry=self.registry
+            "bnserve_ready",
+            "1 while the service accepts inference requests (with workers: while every live worker does).",
+            registry=own,
+            multiprocess_mode="livemin",
         )
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
     def set_models(self, repository: ModelRepository, load_seconds: float) -> None:
         """Record what the repository loaded."""
@@ -64,11 +91,39 @@ class Metrics:
 
     def observe(self, model: str, protocol: str, status: int, seconds: float, rows: int | None) -> None:
         """Account for one finished request."""
-        self.requests.labels(model, protocol, str(status)).inc()
-        self.latency.labels(model, protocol).observe(seconds)
+        key = (model, protocol, status)
+        children = self._children.get(key)
+        if children is None:  # ``labels()`` validates and locks on every call; do it once per label set
+            children = self._children[key] = (
+                self.requests.labels(model, protocol, str(status)),
+                self.latency.labels(model, protocol),
+                self.rows.labels(model, protocol),
+            )
+        requests, latency, rows_per_request = children
+        requests.inc()
+        latency.observe(seconds)
         if rows is not None:
-            self.rows.labels(model, protocol).observe(rows)
+            rows_per_request.observe(rows)
 
     def render(self) -> bytes:
         """The text exposition format."""
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        aggregate = CollectorRegistry()
+        MultiProcessCollector(aggregate, path=self.multiprocess_dir)
+        return generate_latest(aggregate) + generate_latest(_Labelled(self.registry, "replica", replica_id()))
+
+
+class _Labelled:
+    """A registry's metrics, every sample with one more label (what ``generate_latest`` needs: ``collect``)."""
+
+    def __init__(self, registry: CollectorRegistry, name: str, value: str) -> None:
+        self.registry, self.name, self.value = registry, name, value
+
+    def collect(self) -> Any:
+        for family in self.registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [
+                sample._replace(labels={**sample.labels, self.name: self.value}) for sample in family.samples
+            ]
+            yield labelled

@@ -1,14 +1,33 @@
-"""How the service runs under uvicorn: the server options, shared by ``python -m service`` and the benchmark.
+"""How the service runs under uvicorn: the server options, and serving with several worker processes.
 
-Kept apart from ``__main__`` so that ``benchmarks/serve.py`` can run its no-op app under exactly the same
-options (event loop, HTTP parser, access log, keep-alive) as the service it is compared with.
+The options are kept apart from ``__main__`` so that ``benchmarks/serve.py`` can run its no-op app under exactly
+the same options (event loop, HTTP parser, access log) as the service it is compared with.
+
+With ``--workers N`` (N > 1) uvicorn's supervisor runs N processes on one shared socket, each with its own
+models, threadpool and drift monitors. Prometheus counters and histograms are aggregated across them
+(prometheus-client's multiprocess mode, managed here); the drift gauges stay per worker, labelled ``replica``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.config import STARTUP_FAILURE
+
+from service.logs import configure_logging
 from service.settings import Settings
 
 
@@ -37,3 +56,139 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "lifespan": "on",
         "server_header": False,
     }
+
+
+# ---- several workers ---------------------------------------------------------------------------------------
+#: Where prometheus-client keeps the workers' metric files; set by :func:`serve_workers` before any worker
+#: starts (prometheus-client reads it when it is imported).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")
+
+
+@dataclass(frozen=True)
+class WorkerApp:
+    """The app factory each worker process calls (pickled to it): the same app ``python -m service`` serves.
+
+    Also turns the worker's readiness off the moment it is told to stop, as the single-process server does.
+    """
+
+    settings: Settings
+
+    def __call__(self) -> ASGIApp:
+        from service.app import ServiceState, create_app
+
+        configure_logging(self.settings.log_level, self.settings.log_format)
+        logging.getLogger("uvicorn.error").addFilter(
+            lambda record: "Application startup failed" not in record.getMessage()
+        )
+        app = create_app(self.settings)
+        state: ServiceState = app.state.service
+        for sig in (signal.SIGINT, signal.SIGTERM):  # uvicorn's handlers are installed by now: wrap them
+            previous = signal.getsignal(sig)
+            if callable(previous):
+                signal.signal(sig, _draining_first(state.begin_shutdown, previous))
+        return QuietStartupFailure(app, state)
+
+
+def _draining_first(begin_shutdown: Callable[[], None], handler: Callable[..., Any]) -> Callable[..., Any]:
+    def handle(sig: int, frame: FrameType | None) -> None:
+        begin_shutdown()
+        handler(sig, frame)
+
+    return handle
+
+
+class QuietStartupFailure:
+    """ASGI wrapper: a failed start-up is reported in one line (by ``main``, or here in a worker), not a traceback."""
+
+    def __init__(self, app: ASGIApp, state: Any = None) -> None:
+        self.app = app
+        self.state = state  # given in a worker, which reports the failure itself
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_quietly(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                if self.state is not None and self.state.startup_error is not None:
+                    sys.stderr.write(f"bnserve: cannot start: {self.state.startup_error}\n")
+                message = {"type": "lifespan.startup.failed", "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, send_quietly)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket the workers share, created as TCP explicitly.
+
+    uvicorn's own ``Config.bind_socket`` leaves ``proto`` at 0; accepted sockets inherit it, and asyncio only
+    sets ``TCP_NODELAY`` on sockets whose ``proto`` is ``IPPROTO_TCP``, so without uvloop every keep-alive
+    response after the first waits ~40 ms for a delayed ACK (Kludex/uvicorn#3149). ``TCP_NODELAY`` is also set
+    on the listener, from which Linux copies it to accepted sockets whatever the event loop.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _forget_dead_workers(directory: str, stop: threading.Event) -> None:
+    """Drop the live-gauge files of workers that are gone (crashed and restarted, or stopped)."""
+    from prometheus_client import multiprocess
+
+    while not stop.wait(1.0):
+        for name in os.listdir(directory):
+            match = _LIVE_GAUGE_FILE.fullmatch(name)
+            if match and not _alive(int(match.group(1))):
+                multiprocess.mark_process_dead(int(match.group(1)), directory)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def serve_workers(settings: Settings) -> int:
+    """Serve with ``settings.workers`` processes sharing one socket; metrics aggregated across them.
+
+    prometheus-client's multiprocess mode: a fresh metrics directory for this start (removed on exit), set in
+    the environment the workers inherit; counters and histograms add up over every worker that ever ran,
+    gauges follow their ``multiprocess_mode`` over the live workers only.
+    """
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    with tempfile.TemporaryDirectory(prefix="bnserve-metrics-") as directory:
+        os.environ[MULTIPROC_ENV] = directory
+        stop = threading.Event()
+        janitor = threading.Thread(target=_forget_dead_workers, args=(directory, stop), daemon=True)
+        try:
+            config = uvicorn.Config(
+                WorkerApp(settings), factory=True, workers=settings.workers, **uvicorn_options(settings)
+            )
+            try:
+                sock = bind_socket(settings.host, settings.port)
+            except OSError as exc:
+                sys.stderr.write(
+                    f"bnserve: cannot listen on {settings.host}:{settings.port}: {exc.strerror}\n"
+                )
+                return 1
+            janitor.start()
+            with sock:
+                supervisor = Multiprocess(config, sockets=[sock])
+                supervisor.run()
+            failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
+            return 1 if failed else 0
+        finally:
+            stop.set()
+            os.environ.pop(MULTIPROC_ENV, None)

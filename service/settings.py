@@ -60,6 +60,13 @@ class Settings(BaseSettings):
         le=300,
         description="Seconds in-flight requests get to finish after SIGTERM before the server exits.",
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes sharing the port (each loads every model); metrics are aggregated "
+        "across them, drift monitors are per worker.",
+    )
     drift_enabled: bool = Field(
         default=True,
         description="Monitor every model's inputs for covariate shift (GET /v2/models/<name>/drift).",
