@@ -67,6 +67,7 @@ class Settings(BaseSettings):
         description="Worker processes sharing the port (each loads every model); metrics are aggregated "
         "across them, drift monitors are per worker.",
     )
+
     drift_enabled: bool = Field(
         default=True,
         description="Monitor every model's inputs for covariate shift (GET /v2/models/<name>/drift).",
