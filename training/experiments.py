@@ -849,7 +849,10 @@ def write_report(
         f"**Command:** `{command}`  ",
         f"**Duration:** {seconds / 60:.1f} min ({seconds:.0f} s) wall clock on this machine "
         "(2 shared cores, one BLAS thread, one process).  ",
-        "**Re-running** gives the same numbers: every run is seeded (weights, batch order, PreciseBN).",
+        "**Re-running** gives the same numbers: every run is seeded (weights, batch order, PreciseBN). "
+        "`python -m training.experiments --replot` re-renders the plots and this report from `results.json` "
+        "without training; `--quick` runs a tiny budget in seconds (what `tests/training/test_experiments.py` "
+        "does).",
         "",
         "## Setup",
         "",
