@@ -14,7 +14,7 @@ import os
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -163,12 +163,37 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return Response(orjson.dumps({"error": message}), status_code=status, media_type=JSON, headers=headers)
 
 
-class RequestContext:
-    """Pure ASGI middleware: request id, unexpected exceptions -> JSON 500, access log line, metrics."""
+def service_error_response(exc: ServiceError) -> Response:
+    """The JSON answer to a typed error (the status it carries; a bearer challenge with a 401)."""
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    return error_response(exc.status_code, exc.message, headers)
 
-    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
+
+#: A route function of the fast path, called with the request and the path's groups (name[, version]).
+FastHandler = Callable[..., Awaitable[Response]]
+
+
+class RequestContext:
+    """Pure ASGI middleware: request id, unexpected exceptions -> JSON 500, access log line, metrics.
+
+    It also serves the inference routes itself (``fast_routes``), past FastAPI's routing, dependency and
+    exception layers, which cost as much per request as decoding, predicting and encoding one row
+    (BENCHMARKS.md). The same route functions answer; only requests whose every check the stack would make is
+    already settled go this way: POST with a Content-Length (checked against the limit above), and the right
+    bearer key when one is set. Everything else, errors included, takes the FastAPI route.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        state: ServiceState,
+        fast_routes: Sequence[tuple[re.Pattern[str], FastHandler]] = (),
+    ) -> None:
         self.app = app
         self.state = state
+        self.fast_routes = fast_routes
+        key = state.settings.api_key
+        self.authorization = b"Bearer " + key.get_secret_value().encode() if key is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -199,6 +224,16 @@ class RequestContext:
             await send(message)
 
         try:
+            if scope["method"] == "POST" and b"content-length" in headers and self._authorized(headers):
+                for pattern, handler in self.fast_routes:
+                    match = pattern.fullmatch(scope["path"])
+                    if match is not None:
+                        try:
+                            response = await handler(Request(scope, receive), *match.groups())
+                        except ServiceError as exc:
+                            response = service_error_response(exc)
+                        await response(scope, receive, send_with_id)
+                        return
             await self.app(scope, receive, send_with_id)
         except Exception:
             log.exception(
@@ -211,6 +246,11 @@ class RequestContext:
             status = 500
         finally:
             self._account(scope, info, status, time.perf_counter() - started)
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        if self.authorization is None:
+            return True
+        return hmac.compare_digest(headers.get(b"authorization", b""), self.authorization)
 
     def _account(self, scope: Scope, info: RequestInfo, status: int, seconds: float) -> None:
         """Metrics and the access-log line of one finished request."""
@@ -353,7 +393,8 @@ def create_app(
     # Outermost, around FastAPI's own error and body-limit middleware: it sees every request and exception,
     # and answers an oversized Content-Length with a JSON 413 before the body limiter's plain-text one.
     build_stack = app.build_middleware_stack
-    app.build_middleware_stack = lambda: RequestContext(build_stack(), state)  # type: ignore[method-assign]
+    fast_routes: list[tuple[re.Pattern[str], FastHandler]] = []  # filled below, with the inference routes
+    app.build_middleware_stack = lambda: RequestContext(build_stack(), state, fast_routes)  # type: ignore[method-assign]
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -362,8 +403,7 @@ def create_app(
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-        return error_response(exc.status_code, exc.message, headers)
+        return service_error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -518,6 +558,9 @@ def create_app(
     app.post("/v2/models/{name}/versions/{version}/infer", summary="Inference on a version", **infer_doc)(
         v2_infer_version
     )
+    # The same paths as Starlette compiles them ({param} is [^/]+), for RequestContext's fast path.
+    fast_routes.append((re.compile(r"/v2/models/([^/]+)/infer"), v2_infer))
+    fast_routes.append((re.compile(r"/v2/models/([^/]+)/versions/([^/]+)/infer"), v2_infer_version))
 
     # ---- V1 ---------------------------------------------------------------------------------------------------
     def v1_predict_sync(
@@ -554,6 +597,8 @@ def create_app(
     app.post(
         "/v1/models/{name}/versions/{version}:predict", summary="Predict on a version (V1)", **predict_doc
     )(v1_predict_version)
+    fast_routes.append((re.compile(r"/v1/models/([^/]+):predict"), v1_predict))
+    fast_routes.append((re.compile(r"/v1/models/([^/]+)/versions/([^/]+):predict"), v1_predict_version))
 
     @app.get(
         "/v1/models/{name}",
