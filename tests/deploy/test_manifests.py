@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import ENV_PREFIX, Settings
@@ -94,15 +97,19 @@ def image() -> Image:
     return Image()
 
 
+def default_app() -> Any:
+    """The app with default settings on the committed models/, whatever BNSERVE_* the environment has."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith(ENV_PREFIX)}
+    try:
+        return create_app(Settings(model_repository=ROOT / "models"))
+    finally:
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="module")
 def routes() -> set[str]:
     """GET paths of the real app (building it loads no model)."""
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith(ENV_PREFIX)}
-    try:
-        app = create_app(Settings(model_repository=ROOT / "models"))
-    finally:
-        os.environ.update(saved)
-    return {r.path for r in app.routes if "GET" in getattr(r, "methods", set())}
+    return {r.path for r in default_app().routes if "GET" in getattr(r, "methods", set())}
 
 
 def graceful_timeout(container: dict[str, Any]) -> int:
@@ -304,5 +311,62 @@ def test_kustomization_lists_the_plain_kubernetes_manifests() -> None:
 
 
 def test_every_manifest_is_checked() -> None:
-    on_disk = {p.name for p in DEPLOY.glob("*.yaml")}
-    assert on_disk == {*CORE_MANIFESTS, ISVC, "kustomization.yaml"}
+    on_disk = {p.relative_to(DEPLOY).as_posix() for p in DEPLOY.rglob("*.y*ml")}
+    assert on_disk == {
+        *CORE_MANIFESTS,
+        ISVC,
+        "kustomization.yaml",
+        "prometheus/rules.yml",
+        "prometheus/rules_test.yml",
+    }
+
+
+# ---- Prometheus rules that combine replicas (deploy/prometheus/) -------------------------------------------------
+RULES = DEPLOY / "prometheus" / "rules.yml"
+
+
+def exported_metric_names() -> set[str]:
+    """Sample names at ``/metrics`` of the real app after one V2 inference (drift on, its default)."""
+    with TestClient(default_app()) as client:
+        meta = client.get("/v2/models/digits").json()
+        (spec,) = meta["inputs"]
+        n_features = spec["shape"][1]
+        body = {
+            "inputs": [
+                {
+                    "name": spec["name"],
+                    "shape": [1, n_features],
+                    "datatype": "FP32",
+                    "data": [0.0] * n_features,
+                }
+            ]
+        }
+        assert client.post("/v2/models/digits/infer", json=body).status_code == 200
+        text = client.get("/metrics").text
+    return {
+        re.split(r"[{ ]", line, maxsplit=1)[0]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_prometheus_rules_read_metrics_the_service_exports() -> None:
+    exported = exported_metric_names()
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    expressions = [rule["expr"] for group in groups for rule in group["rules"]]
+    used = {name for expr in expressions for name in re.findall(r"\bbnserve_[a-z_]+", expr)}
+    assert {"bnserve_requests_total", "bnserve_drift_score", "bnserve_drift_rows_effective"} <= used
+    assert used <= exported, f"not exported by the service: {sorted(used - exported)}"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian: prometheus)")
+def test_prometheus_rules_pass_their_unit_tests() -> None:
+    """The PromQL against synthetic replicas, with the values worked out by hand in rules_test.yml."""
+    out = subprocess.run(
+        ["promtool", "test", "rules", "rules_test.yml"],
+        cwd=RULES.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
