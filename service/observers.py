@@ -2,8 +2,11 @@
 
 Large requests are predicted in the threadpool, and their observers run there, inline. Small requests may be
 predicted on the event loop itself (``INLINE_MAX_BYTES`` in ``app.py``); their observers are then handed to
-one feeder thread, in arrival order, so that the loop only pays for a copy of the rows. Readers of what the
-observers accumulate call :meth:`ObserverFeeder.flush` first, to see every row served before the read.
+one feeder thread, in arrival order, so that the loop only pays for a copy of the rows. The feeder takes
+everything that arrived while it was busy in one go and calls each observer once on the concatenated rows
+(the drift monitor's update is a closed form over any number of rows, ~50 us whether 1 or 100): under load
+that is one thread wake-up and one update per burst rather than per request. Readers of what the observers
+accumulate call :meth:`ObserverFeeder.flush` first, to see every row served before the read.
 """
 
 from __future__ import annotations
@@ -38,8 +41,10 @@ class ObserverFeeder:
 
     def __init__(self, max_pending: int = 1024) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnserve-observers")
-        self._slots = threading.BoundedSemaphore(max_pending)
+        self._max_pending = max_pending
         self._lock = threading.Lock()
+        self._pending: list[tuple[Observer, np.ndarray, str]] = []  # in arrival order
+        self._draining_scheduled = False
         self.skipped_rows = 0
 
     def wrap(self, observe: Observer, what: str) -> Observer:
@@ -49,21 +54,36 @@ class ObserverFeeder:
             if not on_event_loop():
                 observe(x)  # already in the threadpool; the runtime logs a failure
                 return
-            if not self._slots.acquire(blocking=False):
-                self._skip(len(x), what)
-                return
             # A copy: the caller's array may be a view of a buffer it reuses once the response is sent.
-            self._executor.submit(self._run, observe, np.array(x, copy=True), what)
+            rows = np.array(x, copy=True)
+            with self._lock:
+                if len(self._pending) >= self._max_pending:
+                    full = True
+                else:
+                    full = False
+                    self._pending.append((observe, rows, what))
+                    wake = not self._draining_scheduled
+                    self._draining_scheduled = True
+            if full:
+                self._skip(len(x), what)
+            elif wake:  # else a drain is queued and will take these rows too
+                self._executor.submit(self._drain)
 
         return fed
 
-    def _run(self, observe: Observer, x: np.ndarray, what: str) -> None:
-        try:
-            observe(x)
-        except Exception:  # an observer must never take the feeder down
-            log.exception("observer of %s failed", what)
-        finally:
-            self._slots.release()
+    def _drain(self) -> None:
+        """Run every observer once on all of its pending rows, concatenated in arrival order."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self._draining_scheduled = False
+        grouped: dict[int, tuple[Observer, list[np.ndarray], str]] = {}
+        for observe, rows, what in pending:
+            grouped.setdefault(id(observe), (observe, [], what))[1].append(rows)
+        for observe, batches, what in grouped.values():
+            try:
+                observe(batches[0] if len(batches) == 1 else np.concatenate(batches))  # (N, F)
+            except Exception:  # an observer must never take the feeder down
+                log.exception("observer of %s failed", what)
 
     def _skip(self, rows: int, what: str) -> None:
         with self._lock:
