@@ -50,7 +50,6 @@ def test_bundled_mnist1d_is_the_published_default_split():
 
 
 def test_quick_run_writes_report_plots_and_finite_numbers(tmp_path):
-    pytest.importorskip("matplotlib")
     assert main(["--quick", "--out", str(tmp_path), "--no-progress"]) == 0
     report = (tmp_path / "report.md").read_text()
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
