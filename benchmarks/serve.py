@@ -161,6 +161,18 @@ class Server:
                 time.sleep(0.1)
         raise RuntimeError(f"{self.name} not ready within {timeout}s:\n{self.output()}")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time so far of every process in the server's process group (workers included)."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == self.proc.pid:  # field 5, pgrp: we started it in its own session
+                total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+        return total / os.sysconf("SC_CLK_TCK")
+
     def output(self) -> str:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")[-3000:]
@@ -341,6 +353,7 @@ class Cell:
     p90_ms: float
     p99_ms: float
     errors: int
+    cpu_us_per_request: float  # server CPU time per request: robust to noisy neighbours, unlike req/s
 
 
 def machine() -> str:
@@ -373,7 +386,7 @@ def run_grid(args: argparse.Namespace) -> list[Cell]:
     print(f"# {args.seconds:g} s per cell (after a {args.warmup:g} s warm-up), apps alternating per cell")
     print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     cells: list[Cell] = []
-    header = f"{'app':>8} {'protocol':>9} {'batch':>5} {'conc':>4} {'req/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>6}"
+    header = f"{'app':>8} {'protocol':>9} {'batch':>5} {'conc':>4} {'req/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>6} {'cpu us/req':>8}"
     print(header)
     with servers(args.workers, server_cpus, args.service_args) as running:
         for protocol in args.protocols:
@@ -387,7 +400,9 @@ def run_grid(args: argparse.Namespace) -> list[Cell]:
                         url = running[name].url(p.path)
                         if args.warmup > 0:
                             runner(url, p, concurrency, args.warmup, load_cpus)
+                        cpu = running[name].cpu_seconds()
                         m = runner(url, p, concurrency, args.seconds, load_cpus)
+                        cpu_us = (running[name].cpu_seconds() - cpu) / max(m.requests, 1) * 1e6
                         rps = m.requests / m.seconds
                         cell = Cell(
                             name,
@@ -400,17 +415,20 @@ def run_grid(args: argparse.Namespace) -> list[Cell]:
                             m.p90_ms,
                             m.p99_ms,
                             m.errors,
+                            cpu_us,
                         )
                         pair[name] = cell
                         cells.append(cell)
                         print(
                             f"{name:>8} {protocol:>9} {batch:>5} {concurrency:>4} {rps:>9.0f} {rps * batch:>10.0f} "
-                            f"{m.p50_ms:>8.2f} {m.p90_ms:>8.2f} {m.p99_ms:>8.2f} {m.errors:>6}"
+                            f"{m.p50_ms:>8.2f} {m.p90_ms:>8.2f} {m.p99_ms:>8.2f} {m.errors:>6} {cpu_us:>8.0f}"
                         )
                     ratio = pair["service"].requests_per_s / pair["noop"].requests_per_s
                     p99 = pair["service"].p99_ms / pair["noop"].p99_ms
+                    cpu_ratio = pair["service"].cpu_us_per_request / pair["noop"].cpu_us_per_request
                     print(
-                        f"{'ratio':>8} {'':>9} {'':>5} {'':>4} throughput {ratio:.2f}x no-op, p99 {p99:.2f}x no-op"
+                        f"{'ratio':>8} {'':>9} {'':>5} {'':>4} throughput {ratio:.2f}x no-op, p99 {p99:.2f}x no-op, "
+                        f"server CPU per request {cpu_ratio:.2f}x no-op"
                     )
     print(f"# load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return cells
@@ -420,8 +438,8 @@ def markdown(cells: list[Cell]) -> str:
     """One row per cell: both apps side by side and the service's ratios."""
     lines = [
         "| protocol | batch | conc | no-op req/s | service req/s | service rows/s | no-op p50/p90/p99 ms "
-        "| service p50/p90/p99 ms | throughput ratio | p99 ratio |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| service p50/p90/p99 ms | throughput ratio | p99 ratio | CPU µs/req no-op / service |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     by_key = {(c.app, c.protocol, c.batch, c.concurrency): c for c in cells}
     for c in cells:
@@ -432,7 +450,8 @@ def markdown(cells: list[Cell]) -> str:
             f"| {c.protocol} | {c.batch} | {c.concurrency} | {n.requests_per_s:.0f} | {c.requests_per_s:.0f} "
             f"| {c.rows_per_s:.0f} | {n.p50_ms:.2f} / {n.p90_ms:.2f} / {n.p99_ms:.2f} "
             f"| {c.p50_ms:.2f} / {c.p90_ms:.2f} / {c.p99_ms:.2f} "
-            f"| {c.requests_per_s / n.requests_per_s:.2f} | {c.p99_ms / n.p99_ms:.2f} |"
+            f"| {c.requests_per_s / n.requests_per_s:.2f} | {c.p99_ms / n.p99_ms:.2f} "
+            f"| {n.cpu_us_per_request:.0f} / {c.cpu_us_per_request:.0f} |"
         )
     return "\n".join(lines)
 
@@ -474,6 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.warmup = 0.0
         if args.concurrency == [1, 8, 32]:
             args.concurrency = [1, 8]
+    # SIGTERM unwinds like Ctrl-C, through the ``finally`` that stops both servers.
+    signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(128 + sig))
     cells = run_grid(args)
     if args.markdown:
         print(markdown(cells))
