@@ -93,11 +93,13 @@ def to_float32_rows(values: np.ndarray) -> np.ndarray:
     ``inf`` by the cast.
     """
     if values.dtype.kind == "f":
-        if values.dtype.itemsize <= 4:  # FP16 / FP32: every finite value fits in float32
-            ok = np.isfinite(values)
-        else:
-            ok = np.abs(values) <= FLOAT32_MAX  # False for NaN and both infinities too
-        if not ok.all():
+        # One reduction on the common path (NaN propagates through max); the masks only to name the cell.
+        largest = float(np.abs(values).max(initial=0.0))
+        if not largest <= FLOAT32_MAX:  # also true for NaN and both infinities
+            if values.dtype.itemsize <= 4:  # FP16 / FP32: every finite value fits in float32
+                ok = np.isfinite(values)
+            else:
+                ok = np.abs(values) <= FLOAT32_MAX
             r, c = (int(i) for i in np.argwhere(~ok)[0])
             v = float(values[r, c])
             what = (
