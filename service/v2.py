@@ -141,7 +141,7 @@ def _decode_input(
     datatype = tensor.get("datatype")
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         shown = repr(datatype[:16]) if isinstance(datatype, str) else describe(datatype)
-        kind = "unsupported" if datatype in _KNOWN_UNSUPPORTED else "unknown"
+        kind = "unsupported" if isinstance(datatype, str) and datatype in _KNOWN_UNSUPPORTED else "unknown"
         raise BadRequest(
             f"input 'input' has {kind} datatype {shown}; expected FP32 (FP16, FP64, INT*, UINT* are converted)"
         )

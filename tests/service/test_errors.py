@@ -64,6 +64,8 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
         "input 'input' has unsupported datatype 'BYTES'",
     ),
     ("v2 unknown datatype", V2, v2([1, 64], ROW, "FP8"), 400, "input 'input' has unknown datatype 'FP8'"),
+    # found by a live schemathesis run: an object where the datatype string belongs was a 500
+    ("v2 datatype not a string", V2, v2([1, 64], ROW, {}), 400, "input 'input' has unknown datatype"),  # type: ignore[arg-type]
     (
         "v2 float data for INT",
         V2,
