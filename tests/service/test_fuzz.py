@@ -13,6 +13,7 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import positive_data_acceptance
+from schemathesis.generation import GenerationMode
 
 from service.app import create_app
 from tests.service.conftest import Repo, settings_for
@@ -25,16 +26,22 @@ def api_schema(repo: Repo) -> Iterator[schemathesis.BaseSchema]:
         yield schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
-def test_every_operation_survives_fuzzing(api_schema: schemathesis.BaseSchema) -> None:
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
+def test_every_operation_survives_fuzzing(api_schema: schemathesis.BaseSchema, mode: GenerationMode) -> None:
     """All default checks but "schema-valid data must get 2xx": a JSON schema cannot say that ``data`` must hold
     ``shape[0] * shape[1]`` finite float32 numbers for this model's feature count, so such requests get 400.
+    Positive cases follow the schema; negative ones break it (wrong types, missing fields) and must get a 4xx.
     """
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) == 17
+    if mode is GenerationMode.NEGATIVE:
+        # Only request bodies can break the schema: a path parameter is any string, already fuzzed above.
+        operations = [op for op in operations if op.label.endswith(("/infer", ":predict"))]
+        assert len(operations) == 4
     failures: dict[str, str] = {}
     for operation in operations:
 
-        @given(case=operation.as_strategy())
+        @given(case=operation.as_strategy(generation_mode=mode))
         @settings(
             max_examples=30,
             deadline=None,
