@@ -340,6 +340,59 @@ def drive(spec: dict[str, Any], body: bytes) -> Measured:
     return Measured(len(ordered), elapsed, errors[0], pct(0.50), pct(0.90), pct(0.99))
 
 
+# ---- in-process: the ASGI call alone -------------------------------------------------------------------------
+def asgi_costs(protocol: str = "v2-json", batch: int = 1, calls: int = 2000) -> dict[str, float]:
+    """µs per ``await app(scope, receive, send)`` (best of 5 x ``calls``), without HTTP: no-op app and service."""
+    import logging
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    p = payload(protocol, batch)
+    headers = [(b"host", b"bench"), (b"content-length", str(len(p.body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in p.headers.items()]
+
+    def scope() -> dict[str, Any]:
+        return {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": p.path, "raw_path": p.path.encode(), "query_string": b"",
+            "root_path": "", "headers": list(headers), "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 2), "state": {},
+        }  # fmt: skip
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": p.body, "more_body": False}
+
+    async def send(message: Any) -> None:
+        pass
+
+    async def best(app: Any) -> float:
+        for _ in range(calls // 4):
+            await app(scope(), receive, send)
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(calls):
+                await app(scope(), receive, send)
+            times.append((time.perf_counter() - started) / calls * 1e6)
+        return min(times)
+
+    async def main() -> dict[str, float]:
+        out = {"noop": await best(noop_app())}
+        for drift in (True, False):
+            settings = Settings(model_repository=ROOT / "models", log_level="warning", drift_enabled=drift)
+            app = create_app(settings)
+            async with app.router.lifespan_context(app):
+                out[f"service (drift {'on' if drift else 'off'})"] = await best(app)
+        return out
+
+    logging.disable(logging.WARNING)
+    try:
+        return asyncio.run(main())
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 # ---- the grid -----------------------------------------------------------------------------------------------
 @dataclass
 class Cell:
@@ -478,6 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         help="extra argument for python -m service (repeatable), e.g. --service-arg=--access-log=false",
     )
+    p.add_argument(
+        "--in-process", action="store_true", help="only time the ASGI call of each app, without HTTP"
+    )
     p.add_argument("--serve-noop", type=int, metavar="PORT", help=argparse.SUPPRESS)
     p.add_argument("--drive", nargs=2, metavar=("SPEC", "BODY"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -487,6 +543,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.drive is not None:
         spec, body_path = args.drive
         print(json.dumps(asdict(drive(json.loads(spec), Path(body_path).read_bytes()))))
+        return 0
+    if args.in_process:
+        for protocol in args.protocols:
+            for batch in args.batches:
+                costs = asgi_costs(protocol, batch, 500 if args.quick else 2000)
+                shown = ", ".join(f"{name} {us:.0f} us" for name, us in costs.items())
+                print(f"{protocol} batch {batch}: {shown}")
         return 0
     if args.quick:
         args.seconds = min(args.seconds, 1.0)

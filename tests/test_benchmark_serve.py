@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,12 @@ def test_quick_run_measures_every_cell(tmp_path: Path) -> None:
             assert math.isfinite(cell[key]) and cell[key] > 0, (key, cell)
         assert cell["p50_ms"] <= cell["p90_ms"] <= cell["p99_ms"]
     assert "| v2-json | 1 | 1 |" in result.stdout
+
+
+def test_in_process_timing_is_finite() -> None:
+    argv = [sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--in-process", "--quick"]
+    argv += ["--protocols", "v2-json", "--batches", "1"]
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    numbers = [float(v) for v in re.findall(r"(\d+(?:\.\d+)?) us", result.stdout)]
+    assert len(numbers) == 3 and all(math.isfinite(v) and v > 0 for v in numbers), result.stdout
