@@ -1,8 +1,9 @@
 """``create_app(settings)``: the HTTP routes (KServe V2, V1, health, metrics). Thin: logic lives elsewhere.
 
 Models load in the lifespan. The blocking steps of an inference (decoding, onnxruntime, encoding) run in the
-threadpool, except for small uncompressed bodies (``INLINE_MAX_BYTES``), whose whole work costs less than the
-thread hop; errors of the V2 and V1 routes are ``{"error": "..."}`` with the status their type carries.
+threadpool; only when ``settings.inline_max_bytes`` is set do small uncompressed bodies, whose whole work costs
+less than the thread hop, run on the event loop. Errors of the V2 and V1 routes are ``{"error": "..."}`` with
+the status their type carries.
 """
 
 from __future__ import annotations
@@ -58,11 +59,6 @@ _bearer = HTTPBearer(auto_error=False, description="Only when BNSERVE_API_KEY is
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 JSON = "application/json"
-#: Bodies up to this size (without Content-Encoding) are decoded, predicted and encoded on the event loop.
-#: At this size the work is ~0.1-0.3 ms, less than the hop to the threadpool and back, which costs two thread
-#: wake-ups and a GIL hand-off, and measurably halved throughput at batch 1 (BENCHMARKS.md). Larger bodies,
-#: and compressed ones (whose inflated size is unknown), still run in the threadpool.
-INLINE_MAX_BYTES = 32 * 1024
 # Request ids: 16 random hex digits per process, then a counter; unique like uuid4, a fraction of its cost.
 _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count()
@@ -336,6 +332,9 @@ def create_app(
     inference.
     """
     state = ServiceState(settings=settings)
+    # 0: every inference in the threadpool. Otherwise small bodies run on the loop (they cost ~0.1-0.3 ms, less
+    # than the hop to the threadpool and back, which takes two thread wake-ups and a GIL hand-off).
+    inline_max_bytes = settings.inline_max_bytes
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -533,7 +532,7 @@ def create_app(
             for k, v in request.headers.items()
             if k in ("content-encoding", "inference-header-content-length")
         }
-        if len(body) <= INLINE_MAX_BYTES and "content-encoding" not in headers:
+        if len(body) <= inline_max_bytes and "content-encoding" not in headers:
             return v2_infer_sync(model, body, headers, request_info(request))
         return await run_in_threadpool(v2_infer_sync, model, body, headers, request_info(request))
 
@@ -581,7 +580,7 @@ def create_app(
         model = state.model(request, name, version)
         body = await request.body()
         encoding = request.headers.get("content-encoding")
-        if len(body) <= INLINE_MAX_BYTES and encoding is None:
+        if len(body) <= inline_max_bytes and encoding is None:
             return v1_predict_sync(model, body, encoding, request_info(request))
         return await run_in_threadpool(v1_predict_sync, model, body, encoding, request_info(request))
 

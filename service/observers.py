@@ -1,7 +1,7 @@
 """Keep inference observers (the drift monitors) off the event loop, wherever the inference itself ran.
 
 Large requests are predicted in the threadpool, and their observers run there, inline. Small requests may be
-predicted on the event loop itself (``INLINE_MAX_BYTES`` in ``app.py``); their observers are then handed to
+predicted on the event loop itself (when ``BNSERVE_INLINE_MAX_BYTES`` is set); their observers are then handed to
 one feeder thread, in arrival order, so that the loop only pays for a copy of the rows. The feeder takes
 everything that arrived while it was busy in one go and calls each observer once on the concatenated rows
 (the drift monitor's update is a closed form over any number of rows, ~50 us whether 1 or 100): under load

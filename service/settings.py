@@ -60,6 +60,14 @@ class Settings(BaseSettings):
         le=300,
         description="Seconds in-flight requests get to finish after SIGTERM before the server exits.",
     )
+    inline_max_bytes: int = Field(
+        default=0,
+        ge=0,
+        le=1024 * 1024,
+        description="Inference requests whose uncompressed body is at most this many bytes run on the event loop "
+        "instead of the threadpool: about twice the batch-1 throughput (BENCHMARKS.md), but the loop then waits "
+        "for onnxruntime. 0 (the default) keeps all inference off the event loop.",
+    )
     workers: int = Field(
         default=1,
         ge=1,

@@ -241,8 +241,10 @@ def test_disabled_monitoring(digits: Digits) -> None:
     assert "# TYPE bnserve_drift_score gauge" in metrics and "bnserve_drift_score{" not in metrics
 
 
-def test_updates_run_off_the_event_loop(digits: Digits) -> None:
-    """The monitor is fed in the threadpool, beside onnxruntime, never on the event loop's thread."""
+@pytest.mark.parametrize("inline_max_bytes", [0, 32 * 1024], ids=["threadpool", "inline"])
+def test_updates_run_off_the_event_loop(digits: Digits, inline_max_bytes: int) -> None:
+    """The monitor is fed beside onnxruntime in the threadpool, or by the feeder thread when small requests are
+    predicted on the loop (BNSERVE_INLINE_MAX_BYTES): never on the event loop's thread."""
     on_loop: list[bool] = []
     rows: list[int] = []
 
@@ -258,7 +260,8 @@ def test_updates_run_off_the_event_loop(digits: Digits) -> None:
         assert len(model.observers) == 1  # the drift monitor, registered before the hook's observers
         return [probe]
 
-    with TestClient(create_app(settings_for(digits.root), observers_for=observers_for)) as c:
+    settings = settings_for(digits.root, inline_max_bytes=inline_max_bytes)
+    with TestClient(create_app(settings, observers_for=observers_for)) as c:
         send(c, digits.held_out[:8])
         assert (
             c.post("/v1/models/digits:predict", json={"instances": digits.held_out[:2].tolist()}).status_code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import logging
@@ -273,3 +274,29 @@ def test_observer_hook_of_create_app(repo: Repo) -> None:
     with TestClient(create_app(settings_for(repo.root), observers_for=observers_for)) as c:
         assert c.post("/v2/models/digits/versions/1/infer", json=infer_body(2)).status_code == 200
     assert fed == [("digits", 1, (2, 64))]
+
+
+@pytest.mark.parametrize(("inline_max_bytes", "on_loop"), [(0, False), (32 * 1024, True)], ids=["default", "inline"])
+def test_onnxruntime_runs_off_the_event_loop_unless_asked(repo: Repo, inline_max_bytes: int, on_loop: bool) -> None:
+    """By default every prediction runs in the threadpool; BNSERVE_INLINE_MAX_BYTES opts small bodies into the loop."""
+    seen: list[bool] = []
+
+    def observers_for(model: ModelRuntime) -> list:
+        real = model.predict
+
+        def predict(x: np.ndarray) -> dict[str, np.ndarray]:
+            try:
+                asyncio.get_running_loop()
+                seen.append(True)
+            except RuntimeError:
+                seen.append(False)
+            return real(x)
+
+        model.predict = predict  # type: ignore[method-assign]
+        return []
+
+    settings = settings_for(repo.root, inline_max_bytes=inline_max_bytes)
+    with TestClient(create_app(settings, observers_for=observers_for)) as c:
+        assert c.post("/v2/models/digits/infer", json=infer_body(2)).status_code == 200
+        assert c.post("/v1/models/digits:predict", json={"instances": [ROW]}).status_code == 200
+    assert seen == [on_loop, on_loop]
