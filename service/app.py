@@ -8,6 +8,8 @@ the status their type carries.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
 import itertools
 import logging
@@ -16,6 +18,7 @@ import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -29,7 +32,6 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic.json_schema import models_json_schema
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -86,6 +88,7 @@ class ServiceState:
     repository: ModelRepository | None = None
     drift: dict[tuple[str, int], DriftMonitor] = field(default_factory=dict)  # by (name, version)
     feeder: ObserverFeeder | None = None  # runs the observers of inferences made on the event loop
+    executor: ThreadPoolExecutor | None = None  # runs the blocking part of inference requests
     draining: bool = False
     startup_error: str | None = None
     version: str = field(default_factory=package_version)
@@ -336,6 +339,11 @@ def create_app(
     # than the hop to the threadpool and back, which takes two thread wake-ups and a GIL hand-off).
     inline_max_bytes = settings.inline_max_bytes
 
+    async def offload(fn: Callable[..., Response], *args: Any) -> Response:
+        """``fn(*args)`` on the inference threads, off the event loop."""
+        assert state.executor is not None, "the lifespan creates the executor before any request"
+        return await asyncio.get_running_loop().run_in_executor(state.executor, functools.partial(fn, *args))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.perf_counter()
@@ -359,6 +367,9 @@ def create_app(
             if observers_for is not None:
                 model.observers.extend(feeder.wrap(observe, what) for observe in observers_for(model))
         state.drift, state.feeder = monitors, feeder
+        # A plain executor rather than anyio's worker threads: the hop there and back is the largest fixed
+        # cost of a batch-1 request (measured ~65 us against ~95 us through starlette's run_in_threadpool).
+        state.executor = ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1), thread_name_prefix="infer")
         state.metrics.set_models(repository, time.perf_counter() - started)
         state.repository = repository
         state.metrics.ready.set(1)
@@ -377,6 +388,8 @@ def create_app(
         finally:
             state.begin_shutdown()
             await anyio.to_thread.run_sync(feeder.close)
+            if state.executor is not None:
+                await anyio.to_thread.run_sync(state.executor.shutdown)
 
     app = FastAPI(
         title="bnserve",
@@ -534,7 +547,7 @@ def create_app(
         }
         if len(body) <= inline_max_bytes and "content-encoding" not in headers:
             return v2_infer_sync(model, body, headers, request_info(request))
-        return await run_in_threadpool(v2_infer_sync, model, body, headers, request_info(request))
+        return await offload(v2_infer_sync, model, body, headers, request_info(request))
 
     infer_doc: dict[str, Any] = {
         "tags": ["v2"],
@@ -582,7 +595,7 @@ def create_app(
         encoding = request.headers.get("content-encoding")
         if len(body) <= inline_max_bytes and encoding is None:
             return v1_predict_sync(model, body, encoding, request_info(request))
-        return await run_in_threadpool(v1_predict_sync, model, body, encoding, request_info(request))
+        return await offload(v1_predict_sync, model, body, encoding, request_info(request))
 
     predict_doc: dict[str, Any] = {
         "tags": ["v1"],
