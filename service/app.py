@@ -354,8 +354,8 @@ def create_app(
         except ModelLoadError as exc:
             state.startup_error = str(exc)  # python -m service prints it, in one line
             raise
-        # Observers run after the outputs, inline in the threadpool, or on the feeder thread when the
-        # inference itself ran on the event loop: never on the loop.
+        # Observers run on the feeder thread, batched, after the response's outputs: never on the loop and never
+        # on a request's critical path.
         feeder = ObserverFeeder()
         monitors = {}
         for model in repository:
@@ -369,7 +369,9 @@ def create_app(
         state.drift, state.feeder = monitors, feeder
         # A plain executor rather than anyio's worker threads: the hop there and back is the largest fixed
         # cost of a batch-1 request (measured ~65 us against ~95 us through starlette's run_in_threadpool).
-        state.executor = ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1), thread_name_prefix="infer")
+        state.executor = ThreadPoolExecutor(
+            max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="infer"
+        )
         state.metrics.set_models(repository, time.perf_counter() - started)
         state.repository = repository
         state.metrics.ready.set(1)
