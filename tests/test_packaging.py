@@ -90,3 +90,11 @@ def test_ci_runs_the_readme_test_command():
     assert ci == ["make test"]
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make serve" in readme
+
+
+def test_readme_documents_every_setting():
+    from service.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`BNSERVE_{name.upper()}`" not in readme]
+    assert not missing, f"README's configuration table lacks {missing}"
