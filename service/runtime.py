@@ -23,8 +23,8 @@ from service.errors import BadRequest, ModelLoadError
 
 log = logging.getLogger("bnserve.runtime")
 
-#: Called with the float32 rows (N, F) of every successful inference, e.g. ``DriftMonitor.update``.
-#: Observers run on worker threads, possibly concurrently, after the outputs are computed.
+#: Called with the float32 rows (N, F) of every successful inference, after the outputs are computed. The
+#: service wraps each observer (``ObserverFeeder.wrap``) so that the real work happens on its feeder thread.
 Observer = Callable[[np.ndarray], None]
 
 _ORT_TO_V2 = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(double)": "FP64"}
