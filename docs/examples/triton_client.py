@@ -1,6 +1,6 @@
 """Query bnserve with NVIDIA's tritonclient (pip install 'tritonclient[http]'), binary tensors and JSON.
 
-    python docs/examples/triton_client.py [--url 127.0.0.1:8000]
+python docs/examples/triton_client.py [--url 127.0.0.1:8000]
 """
 
 import argparse
@@ -27,4 +27,6 @@ for binary in (True, False):
     result = client.infer("digits", [inp], outputs=outs)
     probs, labels = result.as_numpy("probabilities"), result.as_numpy("label")
     mode = "binary" if binary else "JSON  "
-    print(f"{mode}: labels {labels.tolist()} (true {y.tolist()}), top probability {probs.max(1).round(4).tolist()}")
+    print(
+        f"{mode}: labels {labels.tolist()} (true {y.tolist()}), top probability {probs.max(1).round(4).tolist()}"
+    )

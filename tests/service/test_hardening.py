@@ -276,8 +276,12 @@ def test_observer_hook_of_create_app(repo: Repo) -> None:
     assert fed == [("digits", 1, (2, 64))]
 
 
-@pytest.mark.parametrize(("inline_max_bytes", "on_loop"), [(0, False), (32 * 1024, True)], ids=["default", "inline"])
-def test_onnxruntime_runs_off_the_event_loop_unless_asked(repo: Repo, inline_max_bytes: int, on_loop: bool) -> None:
+@pytest.mark.parametrize(
+    ("inline_max_bytes", "on_loop"), [(0, False), (32 * 1024, True)], ids=["default", "inline"]
+)
+def test_onnxruntime_runs_off_the_event_loop_unless_asked(
+    repo: Repo, inline_max_bytes: int, on_loop: bool
+) -> None:
     """By default every prediction runs in the threadpool; BNSERVE_INLINE_MAX_BYTES opts small bodies into the loop."""
     seen: list[bool] = []
 
