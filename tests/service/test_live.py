@@ -171,6 +171,22 @@ def post(server: Server, path: str, body: bytes, headers: dict[str, str] | None 
         return exc.code, json.loads(exc.read())
 
 
+def test_readme_tritonclient_example(server: Server) -> None:
+    """docs/examples/triton_client.py, as the README shows it, against the real server."""
+    out = subprocess.run(
+        [sys.executable, "docs/examples/triton_client.py", "--url", f"127.0.0.1:{server.port}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "server ready: True | model ready: True"
+    assert lines[1].startswith("binary: labels [0, 1, 2] (true [0, 1, 2])")
+    assert lines[2].startswith("JSON  : labels [0, 1, 2] (true [0, 1, 2])")
+
+
 def test_plain_http_row_independence(server: Server) -> None:
     x = digits_rows(100, seed=1)
     body = {"inputs": [{"name": "input", "shape": [100, 64], "datatype": "FP32", "data": x.tolist()}]}
