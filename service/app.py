@@ -340,8 +340,11 @@ def create_app(
     # than the hop to the threadpool and back, which takes two thread wake-ups and a GIL hand-off).
     inline_max_bytes = settings.inline_max_bytes
 
-    async def offload(fn: Callable[..., Response], *args: Any) -> Response:
-        """``fn(*args)`` on the inference threads, off the event loop."""
+    async def offload(body: bytes, compressed: bool, fn: Callable[..., Response], *args: Any) -> Response:
+        """``fn(*args)`` on the inference threads, off the event loop; on the loop only when
+        ``inline_max_bytes`` is set and ``body`` is uncompressed and no larger than it."""
+        if inline_max_bytes and not compressed and len(body) <= inline_max_bytes:
+            return fn(*args)
         assert state.executor is not None, "the lifespan creates the executor before any request"
         return await asyncio.get_running_loop().run_in_executor(state.executor, functools.partial(fn, *args))
 
@@ -553,9 +556,8 @@ def create_app(
             for k, v in request.headers.items()
             if k in ("content-encoding", "inference-header-content-length")
         }
-        if len(body) <= inline_max_bytes and "content-encoding" not in headers:
-            return v2_infer_sync(model, body, headers, request_info(request))
-        return await offload(v2_infer_sync, model, body, headers, request_info(request))
+        compressed = "content-encoding" in headers
+        return await offload(body, compressed, v2_infer_sync, model, body, headers, request_info(request))
 
     infer_doc: dict[str, Any] = {
         "tags": ["v2"],
@@ -601,9 +603,8 @@ def create_app(
         model = state.model(request, name, version)
         body = await request.body()
         encoding = request.headers.get("content-encoding")
-        if len(body) <= inline_max_bytes and encoding is None:
-            return v1_predict_sync(model, body, encoding, request_info(request))
-        return await offload(v1_predict_sync, model, body, encoding, request_info(request))
+        compressed = encoding is not None
+        return await offload(body, compressed, v1_predict_sync, model, body, encoding, request_info(request))
 
     predict_doc: dict[str, Any] = {
         "tags": ["v1"],

@@ -139,7 +139,11 @@ class MLP:
             np.copyto(arr, state[name])
 
     def hidden_preactivations(self, x: Array, training: bool) -> list[Array]:
-        """Each block's input to its activation (after BN when there is one), for inspection."""
+        """Each block's input to its activation (after BN when there is one), for inspection.
+
+        With ``training=True`` this is a training-mode forward: BN normalizes with the batch statistics and
+        updates its running statistics, as in a training step.
+        """
         out = []
         h = x
         for b in self.blocks:
