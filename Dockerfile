@@ -8,13 +8,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md contract.py ./
+COPY pyproject.toml README.md contract.py featurestats.py ./
 COPY service/ service/
 # The distribution declares the training package too; the image gets its empty marker only, removed below.
 COPY training/__init__.py training/
 RUN /opt/venv/bin/pip install --no-cache-dir --no-compile . \
  && rm -rf /opt/venv/lib/python3*/site-packages/training \
- && /opt/venv/bin/python -c "import service.app, contract; import importlib.util as u; assert u.find_spec('onnx') is None"
+ && /opt/venv/bin/python -c "import service.app, contract, featurestats; import importlib.util as u; assert u.find_spec('onnx') is None"
 
 FROM ${BASE}
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -31,6 +31,7 @@ serve: $(VENV)/.serve-deps
 	$(BIN)/python -m service
 
 train: $(VENV)/.train-deps
+	@echo "make train: trains the default model and writes it as a new version, models/digits/<highest + 1>/ (older versions stay)"
 	$(BIN)/python -m training
 
 test: $(VENV)/.dev-deps

@@ -59,7 +59,7 @@ def main() -> None:
 
     ds = load_digits()
     res = train(ds, config=TrainConfig(epochs=2 if args.quick else 100), progress=False)
-    contract = E.make_contract(res, ds)
+    contract = E.make_contract(res)
     folded = E.build_folded(E.fold_model(res.model), contract, 1)
     unfolded = E.build_unfolded(res.model, contract, 1)
     rng = np.random.default_rng(0)

@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from contract import N_BINS, InputStats, ModelContract
+from featurestats import input_statistics as stats_from_sample  # noqa: F401 (re-exported for tests, tools)
 
 logger = logging.getLogger(__name__)
 
@@ -117,25 +118,6 @@ def psi(live: np.ndarray, train: np.ndarray, epsilon: float = 1e-4) -> np.ndarra
     p = (live + epsilon) / (1.0 + b * epsilon)
     q = (train + epsilon) / (1.0 + b * epsilon)
     return np.sum((p - q) * np.log(p / q), axis=-1)  # (F,)
-
-
-def stats_from_sample(x: np.ndarray) -> InputStats:
-    """The contract's :class:`InputStats` of a sample ``(n, F)``: a reference for tests and tools."""
-    x = np.asarray(x, dtype=np.float64)
-    edges = np.quantile(x, np.arange(1, N_BINS) / N_BINS, axis=0).T  # (F, 9)
-    freqs = np.stack(
-        [
-            np.bincount(np.searchsorted(e, col, side="right"), minlength=N_BINS)
-            for e, col in zip(edges, x.T, strict=True)
-        ]
-    ) / len(x)  # (F, 10)
-    return InputStats(
-        mean=x.mean(axis=0).tolist(),
-        std=x.std(axis=0).tolist(),
-        decile_edges=edges.tolist(),
-        decile_freqs=freqs.tolist(),
-        rows=len(x),
-    )
 
 
 class DriftMonitor:

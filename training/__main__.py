@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config=cfg,
             progress=not args.quiet,
         )
-        report = export(result, ds, args.repository, args.name or ds.name, args.unfolded)
+        report = export(result, args.repository, args.name or ds.name, args.unfolded)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -209,7 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if report.unfolded_path:
         print(f"unfolded graph: {report.unfolded_path}")
-    print(f"wrote {report.path}")
+    print(
+        f"wrote {report.path} (version {report.version} of {report.path.parent.parent.name!r}; "
+        "the service serves the highest version)"
+    )
     return 0
 
 

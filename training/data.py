@@ -1,7 +1,9 @@
-"""Datasets: the bundled digits, the user's CSV, stratified splits and input standardization.
+"""Datasets: the bundled digits, the user's CSV, stratified splits, input standardization and the description
+of the data a model was trained on.
 
 Bad data raises :class:`DataError` with one line that names the file, row and column; the command line
-prints it and exits with status 2.
+prints it and exits with status 2. Rows are counted from 0 over the data rows (the first row after the header
+is row 0), as the service counts the rows of a request; the file line follows: ``row 5 (line 7)``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from contract import N_BINS, TASK_CLASSIFICATION, TASK_REGRESSION, InputStats
+from contract import TASK_CLASSIFICATION, TASK_REGRESSION, InputStats
+from featurestats import input_statistics
 
 DIGITS_PATH = Path(__file__).parent / "data" / "digits.csv.gz"
 MIN_ROWS = 10
@@ -76,6 +79,12 @@ def _number(text: str) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def row_label(index: int, line: int) -> str:
+    """``row 5 (line 7)``: rows count from 0 over the data rows, as the service counts a batch's rows; the
+    file line (1-based, the header is line 1) is for the editor."""
+    return f"row {index} (line {line})"
+
+
 def load_csv(path: str | Path, target: str, task: str | None = None) -> Dataset:
     """Load a CSV with a header row; every column but ``target`` is a numeric feature."""
     path = Path(path)
@@ -83,12 +92,17 @@ def load_csv(path: str | Path, target: str, task: str | None = None) -> Dataset:
         raise DataError(f"{path}: no such file")
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
+            reader = csv.reader(f)
+            rows: list[tuple[int, list[str]]] = []  # (the file line the row starts on, its cells)
+            end = 0
+            for r in reader:
+                rows.append((end + 1, r))
+                end = reader.line_num  # counts the line breaks inside quoted cells too
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot be read as CSV ({exc})") from None
-    if not rows or not any(cell.strip() for cell in rows[0]):
+    if not rows or not any(cell.strip() for cell in rows[0][1]):
         raise DataError(f"{path}: the file is empty (a header row is required)")
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip() for h in rows[0][1]]
     if target not in header:
         raise DataError(f"{path}: no column named {target!r} (columns: {', '.join(header)})")
     if len(set(header)) != len(header):
@@ -98,26 +112,25 @@ def load_csv(path: str | Path, target: str, task: str | None = None) -> Dataset:
     feature_idx = [j for j in range(len(header)) if j != t]
     if not feature_idx:
         raise DataError(f"{path}: no feature columns besides the target {target!r}")
-    body = [r for r in rows[1:] if any(cell.strip() for cell in r)]
+    body = [(line, r) for line, r in rows[1:] if any(cell.strip() for cell in r)]
     X = np.empty((len(body), len(feature_idx)))
     targets: list[str] = []
-    for i, r in enumerate(body):
-        line = i + 2  # 1-based, after the header
+    for i, (line, r) in enumerate(body):
         if len(r) != len(header):
-            raise DataError(f"{path}: row {line} has {len(r)} cells, the header has {len(header)}")
+            raise DataError(f"{path}: {row_label(i, line)} has {len(r)} cells, the header has {len(header)}")
         for k, j in enumerate(feature_idx):
             cell = r[j].strip()
             if cell == "" or cell.lower() in {"nan", "na", "null"}:
-                raise DataError(f"{path}: row {line}, column {header[j]!r} is empty or NaN")
+                raise DataError(f"{path}: {row_label(i, line)}, column {header[j]!r} is empty or NaN")
             v = _number(cell)
             if v is None:
                 raise DataError(
-                    f"{path}: row {line}, column {header[j]!r} is not a finite number: {cell[:40]!r}"
+                    f"{path}: {row_label(i, line)}, column {header[j]!r} is not a finite number: {cell[:40]!r}"
                 )
             X[i, k] = v
         cell = r[t].strip()
         if cell == "" or cell.lower() in {"nan", "na", "null"}:
-            raise DataError(f"{path}: row {line}, target column {target!r} is empty or NaN")
+            raise DataError(f"{path}: {row_label(i, line)}, target column {target!r} is empty or NaN")
         targets.append(cell)
     if len(body) < MIN_ROWS:
         raise DataError(f"{path}: {len(body)} data rows, at least {MIN_ROWS} are needed")
@@ -141,7 +154,8 @@ def load_csv(path: str | Path, target: str, task: str | None = None) -> Dataset:
         if not all_numeric:
             bad = next(i for i, v in enumerate(numeric) if v is None)
             raise DataError(
-                f"{path}: row {bad + 2}, target column {target!r} is not a number ({targets[bad][:40]!r}) "
+                f"{path}: {row_label(bad, body[bad][0])}, target column {target!r} is not a number "
+                f"({targets[bad][:40]!r}) "
                 "but the task is regression"
             )
         y = np.array(numeric, dtype=np.float64).reshape(-1, 1)
@@ -214,18 +228,30 @@ class Standardizer:
         return (X - self.mean) / self.std
 
 
-def input_statistics(X: np.ndarray) -> InputStats:
-    """The training distribution the service compares live inputs with: mean, std, deciles and their mass."""
-    qs = np.linspace(0.0, 1.0, N_BINS + 1)[1:-1]
-    edges = np.quantile(X, qs, axis=0).T  # (F, 9)
-    freqs = np.empty((X.shape[1], N_BINS))
-    for j in range(X.shape[1]):
-        bins = np.searchsorted(edges[j], X[:, j], side="right")
-        freqs[j] = np.bincount(bins, minlength=N_BINS) / len(X)
-    return InputStats(
-        mean=X.mean(axis=0).tolist(),
-        std=X.std(axis=0).tolist(),
-        decile_edges=edges.tolist(),
-        decile_freqs=freqs.tolist(),
-        rows=len(X),
-    )
+@dataclass(frozen=True)
+class DataDescription:
+    """What a model was trained on, as its exported contract describes it: the features, the task and its
+    classes or targets, and the training split's input statistics (the reference for drift monitoring)."""
+
+    name: str
+    source: str
+    task: str
+    feature_names: list[str]
+    class_labels: list[str | int | float]
+    target_names: list[str]
+    input_stats: InputStats
+    rows: dict[str, int]  # per split: train, val, test
+
+    @classmethod
+    def of(cls, ds: Dataset, sp: Split) -> DataDescription:
+        """The description of ``ds`` trained on ``sp``; input statistics from the training rows only."""
+        return cls(
+            name=ds.name,
+            source=ds.source,
+            task=ds.task,
+            feature_names=list(ds.feature_names),
+            class_labels=list(ds.class_labels),
+            target_names=list(ds.target_names),
+            input_stats=input_statistics(ds.X[sp.train]),
+            rows={"train": len(sp.train), "val": len(sp.val), "test": len(sp.test)},
+        )

@@ -20,7 +20,6 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import contract as C
-from training.data import Dataset, input_statistics
 from training.fold import fold_batchnorm, fold_output_scale, fold_standardization
 from training.train import TrainedModel, TrainResult
 
@@ -28,6 +27,8 @@ OPSET = 17
 IR_VERSION = 8  # opset 17's IR: readable by every onnxruntime since 1.13
 TOLERANCE = 1e-5
 BATCH_DIM = "N"
+# The ONNX operator of each hidden activation (training.layers.ACTIVATIONS names them).
+ONNX_ACTIVATIONS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
 
 
 class ExportError(RuntimeError):
@@ -54,7 +55,7 @@ def fold_model(model: TrainedModel) -> list[Affine]:
     """The network as affine layers on raw features, folded in float64 (cast to float32 when written)."""
     net = model.net
     std = model.standardizer
-    act_op = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[net.config.activation]
+    act_op = ONNX_ACTIVATIONS[net.config.activation]
     layers: list[Affine] = []
     first = True
     for blk in net.blocks:
@@ -148,7 +149,7 @@ def build_folded(layers: list[Affine], contract: C.ModelContract, version: int) 
 def build_unfolded(model: TrainedModel, contract: C.ModelContract, version: int) -> onnx.ModelProto:
     """The same network with explicit standardization and inference-mode ``BatchNormalization`` nodes."""
     net = model.net
-    act_op = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[net.config.activation]
+    act_op = ONNX_ACTIVATIONS[net.config.activation]
     nodes = [
         helper.make_node("Sub", [C.INPUT_NAME, "std.mean"], ["centred"], name="standardize.sub"),
         helper.make_node("Div", ["centred", "std.std"], ["standardized"], name="standardize.div"),
@@ -253,13 +254,13 @@ def verify(
     return report
 
 
-def make_contract(result: TrainResult, ds: Dataset, extra: dict[str, Any] | None = None) -> C.ModelContract:
+def make_contract(result: TrainResult, extra: dict[str, Any] | None = None) -> C.ModelContract:
     """The model's self-description: features, labels, training input statistics and a training summary."""
-    sp = result.split
+    data = result.data
     training = {
-        "dataset": ds.name,
-        "source": ds.source,
-        "rows": {"train": len(sp.train), "val": len(sp.val), "test": len(sp.test)},
+        "dataset": data.name,
+        "source": data.source,
+        "rows": dict(data.rows),
         **result.summary(),
         "seed": result.config.seed,
         "bn_stats": result.config.bn_stats,
@@ -268,11 +269,11 @@ def make_contract(result: TrainResult, ds: Dataset, extra: dict[str, Any] | None
         **(extra or {}),
     }
     return C.ModelContract(
-        task=ds.task,
-        feature_names=list(ds.feature_names),
-        input_stats=input_statistics(ds.X[sp.train]),
-        class_labels=list(ds.class_labels),
-        target_names=list(ds.target_names),
+        task=data.task,
+        feature_names=list(data.feature_names),
+        input_stats=data.input_stats,
+        class_labels=list(data.class_labels),
+        target_names=list(data.target_names),
         training=_json_safe(training),
     )
 
@@ -321,7 +322,6 @@ class ExportReport:
 
 def export(
     result: TrainResult,
-    ds: Dataset,
     repository: str | Path,
     name: str,
     unfolded_path: str | Path | None = None,
@@ -333,11 +333,10 @@ def export(
         raise ExportError(f"invalid model name {name!r}")
     model_dir = Path(repository) / name
     version = version or next_version(model_dir)
-    contract = make_contract(result, ds)
+    contract = make_contract(result)
     folded = build_folded(fold_model(result.model), contract, version)
     unfolded = build_unfolded(result.model, contract, version)
-    held_out = ds.X[np.concatenate([result.split.val, result.split.test])]
-    report = verify(folded, unfolded, result.model, held_out, tol)
+    report = verify(folded, unfolded, result.model, result.held_out, tol)
 
     out_dir = model_dir / str(version)
     try:

@@ -180,8 +180,6 @@ class BatchNorm(Layer):
 class ReLU(Layer):
     """``max(0, x)``."""
 
-    onnx_op = "Relu"
-
     def __init__(self) -> None:
         self._mask: Array | None = None
 
@@ -197,8 +195,6 @@ class ReLU(Layer):
 
 class Sigmoid(Layer):
     """``1 / (1 + exp(-x))``, computed without overflow."""
-
-    onnx_op = "Sigmoid"
 
     def __init__(self) -> None:
         self._y: Array | None = None
@@ -217,8 +213,6 @@ class Sigmoid(Layer):
 
 class Tanh(Layer):
     """``tanh(x)``."""
-
-    onnx_op = "Tanh"
 
     def __init__(self) -> None:
         self._y: Array | None = None

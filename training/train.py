@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from contract import TASK_CLASSIFICATION
-from training.data import Dataset, Split, Standardizer, split
+from training.data import DataDescription, Dataset, Split, Standardizer, split
 from training.layers import mean_squared_error, softmax, softmax_cross_entropy
 from training.network import MLP, MLPConfig
 from training.optim import make_optimizer, scheduled_lr
@@ -65,10 +65,13 @@ class TrainedModel:
 
 @dataclass
 class TrainResult:
-    """What a run produced: the model, its per-epoch history and its metrics."""
+    """What a run produced, self-described: the model, the data it was trained on, its per-epoch history and
+    its metrics. :func:`training.export.export` needs nothing else."""
 
     model: TrainedModel
+    data: DataDescription
     split: Split
+    held_out: np.ndarray  # (val + test rows, F) raw features, float64: what the export verifies the fold on
     history: list[dict[str, float]]
     best_epoch: int
     metrics: dict[str, dict[str, float]]
@@ -244,4 +247,5 @@ def train(
             set_running_statistics(net, precise)
 
     metrics = {name: evaluate(model, ds.X[idx], ds.y[idx]) for name, idx in asdict(sp).items()}
-    return TrainResult(model, sp, history, best[1], metrics, gap, cfg)
+    held_out = ds.X[np.concatenate([sp.val, sp.test])]
+    return TrainResult(model, DataDescription.of(ds, sp), sp, held_out, history, best[1], metrics, gap, cfg)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from contract import N_BINS
-from training.data import DataError, Standardizer, input_statistics, load_csv, load_digits, split
+from featurestats import input_statistics
+from training.data import DataError, Standardizer, load_csv, load_digits, split
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,19 +64,29 @@ def test_csv_numeric_targets_infer_the_task(tmp_path):
             ["a", "y"],
             [[1, 0]] * 5 + [["x1", 1]] + [[1, 1]] * 14,
             "y",
-            "row 7, column 'a' is not a finite number",
+            r"row 5 \(line 7\), column 'a' is not a finite number",
         ),
-        (["a", "y"], [[1, 0]] * 5 + [["", 1]] + [[1, 1]] * 14, "y", "row 7, column 'a' is empty or NaN"),
-        (["a", "y"], [[1, 0]] * 3 + [["nan", 1]] + [[1, 1]] * 16, "y", "row 5, column 'a' is empty or NaN"),
+        (
+            ["a", "y"],
+            [[1, 0]] * 5 + [["", 1]] + [[1, 1]] * 14,
+            "y",
+            r"row 5 \(line 7\), column 'a' is empty or NaN",
+        ),
+        (
+            ["a", "y"],
+            [[1, 0]] * 3 + [["nan", 1]] + [[1, 1]] * 16,
+            "y",
+            r"row 3 \(line 5\), column 'a' is empty or NaN",
+        ),
         (
             ["a", "y"],
             [[1, 0]] * 3 + [[1, ""]] + [[1, 1]] * 16,
             "y",
-            "row 5, target column 'y' is empty or NaN",
+            r"row 3 \(line 5\), target column 'y' is empty or NaN",
         ),
         (["a", "y"], [[1, "k"]] * 20, "y", "single class"),
         (["a", "y"], [[1, 0], [2, 1]] * 2, "y", "4 data rows, at least 10"),
-        (["a", "y"], [[1, 0, 3]] + [[1, 1]] * 19, "y", "row 2 has 3 cells"),
+        (["a", "y"], [[1, 0, 3]] + [[1, 1]] * 19, "y", r"row 0 \(line 2\) has 3 cells"),
         (["a", "a", "y"], [[1, 1, 0]] * 20, "y", "duplicate column names"),
         (["y"], [[0]] * 20, "y", "no feature columns"),
     ],
@@ -85,6 +96,17 @@ def test_bad_csv_gets_one_clear_line(tmp_path, header, rows, target, message):
     with pytest.raises(DataError, match=message) as info:
         load_csv(p, target)
     assert "\n" not in str(info.value) and "bad.csv" in str(info.value)
+
+
+def test_csv_rows_count_from_zero_and_lines_count_the_file(tmp_path):
+    """Row = index among the data rows (as the service counts a batch); line = where the editor finds it,
+    after a blank line and a quoted cell spanning two lines."""
+    text = "a,b,y\n" + "1,2,0\n" * 3 + "\n" + '1,"2\n",1\n' + "1,2,1\n" * 5 + "oops,2,0\n" + "1,2,0\n" * 3
+    p = tmp_path / "lines.csv"
+    p.write_text(text)
+    # header on line 1; data rows 0..2 on lines 2..4; blank line 5; row 3 on lines 6-7; rows 4..8 on 8..12
+    with pytest.raises(DataError, match=r"row 9 \(line 13\), column 'a' is not a finite number"):
+        load_csv(p, "y")
 
 
 def test_missing_and_empty_files(tmp_path):
@@ -100,7 +122,7 @@ def test_missing_and_empty_files(tmp_path):
 
 def test_regression_with_text_target_is_refused(tmp_path):
     p = write_csv(tmp_path / "t.csv", ["a", "y"], [[i, "x" if i == 4 else i] for i in range(20)])
-    with pytest.raises(DataError, match="row 6, target column 'y' is not a number"):
+    with pytest.raises(DataError, match=r"row 4 \(line 6\), target column 'y' is not a number"):
         load_csv(p, "y", task="regression")
 
 
@@ -108,7 +130,7 @@ def test_regression_with_text_target_is_refused(tmp_path):
     ("args", "message"),
     [
         (["--csv", "{d}/missing.csv", "--target", "y"], "missing.csv: no such file"),
-        (["--csv", "{d}/bad.csv", "--target", "y"], "row 3, column 'a' is not a finite number"),
+        (["--csv", "{d}/bad.csv", "--target", "y"], "row 1 (line 3), column 'a' is not a finite number"),
         (["--csv", "{d}/bad.csv"], "--csv needs --target"),
     ],
 )

@@ -59,7 +59,7 @@ def test_fold_standardization_and_output_scale_match_closed_form():
 
 
 def test_folded_matches_numpy_and_unfolded_reference(small, digits):
-    contract = E.make_contract(small, digits)
+    contract = E.make_contract(small)
     folded = E.build_folded(E.fold_model(small.model), contract, 1)
     unfolded = E.build_unfolded(small.model, contract, 1)
     X = digits.X[small.split.test]
@@ -80,7 +80,7 @@ def test_folded_matches_numpy_and_unfolded_reference(small, digits):
 
 
 def test_graph_interface(small, digits):
-    folded = E.build_folded(E.fold_model(small.model), E.make_contract(small, digits), 7)
+    folded = E.build_folded(E.fold_model(small.model), E.make_contract(small), 7)
     onnx.checker.check_model(folded, full_check=True)
     assert folded.opset_import[0].version >= 17 and folded.model_version == 7
     assert folded.producer_name == "bnserve" and folded.doc_string
@@ -93,7 +93,7 @@ def test_graph_interface(small, digits):
 
 
 def test_row_independence_in_onnxruntime(small, digits):
-    folded = E.build_folded(E.fold_model(small.model), E.make_contract(small, digits), 1)
+    folded = E.build_folded(E.fold_model(small.model), E.make_contract(small), 1)
     X = digits.X[:256].astype(np.float32)
     sess = ort.InferenceSession(folded.SerializeToString(), providers=["CPUExecutionProvider"])
     batch = sess.run(["probabilities"], {"input": X})[0]
@@ -103,8 +103,8 @@ def test_row_independence_in_onnxruntime(small, digits):
 
 
 def test_export_writes_the_repository_and_the_contract_round_trips(small, digits, tmp_path):
-    r1 = E.export(small, digits, tmp_path, "digits", unfolded_path=tmp_path / "unfolded.onnx")
-    r2 = E.export(small, digits, tmp_path, "digits")
+    r1 = E.export(small, tmp_path, "digits", unfolded_path=tmp_path / "unfolded.onnx")
+    r2 = E.export(small, tmp_path, "digits")
     assert (r1.version, r2.version) == (1, 2)
     assert r1.path == tmp_path / "digits" / "1" / "model.onnx" and r2.path.is_file()
     assert 'platform: "onnxruntime_onnx"' in (tmp_path / "digits" / "config.pbtxt").read_text()
@@ -137,7 +137,7 @@ def test_verification_refuses_a_corrupted_fold(small, digits, tmp_path, monkeypa
 
     monkeypatch.setattr(E, "fold_model", corrupted)
     with pytest.raises(E.ExportError, match="verification failed"):
-        E.export(small, digits, tmp_path, "digits")
+        E.export(small, tmp_path, "digits")
     assert not (tmp_path / "digits").exists()
 
 
@@ -151,7 +151,7 @@ def test_regression_and_variants_export_exactly(tmp_path):
     assert ds.task == "regression"
     for kw in (dict(activation="tanh"), dict(batchnorm=False), dict(hidden=())):
         res = train(ds, config=TrainConfig(epochs=3, batch_size=16), progress=False, **{"hidden": (8,), **kw})
-        rep = E.export(res, ds, tmp_path / "repo", "reg")
+        rep = E.export(res, tmp_path / "repo", "reg")
         sess = ort.InferenceSession(str(rep.path), providers=["CPUExecutionProvider"])
         assert [o.name for o in sess.get_outputs()] == ["prediction"]
         pred = sess.run(None, {"input": X[:5].astype(np.float32)})[0]
@@ -160,7 +160,7 @@ def test_regression_and_variants_export_exactly(tmp_path):
 
 
 def test_contract_rejects_inconsistent_metadata(small, digits):
-    good = E.make_contract(small, digits).to_metadata()
+    good = E.make_contract(small).to_metadata()
     for key, value, message in [
         (C.KEY_CONTRACT_VERSION, "99", "not supported"),
         (C.KEY_TASK, "ranking", "task must be"),
