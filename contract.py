@@ -30,6 +30,7 @@ import itertools
 import json
 import math
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 CONTRACT_VERSION = 1
@@ -54,6 +55,17 @@ TASK_REGRESSION = "regression"
 TASKS = (TASK_CLASSIFICATION, TASK_REGRESSION)
 
 N_BINS = 10  # deciles: 9 inner edges, 10 bins
+
+#: The version a source tree that is not installed reports (PEP 440 local: never mistaken for a release).
+UNINSTALLED_VERSION = "0.0.0+local"
+
+
+def package_version() -> str:
+    """The installed ``bnserve`` version (the models' producer version, the server's ``GET /v2``)."""
+    try:
+        return metadata.version("bnserve")
+    except metadata.PackageNotFoundError:
+        return UNINSTALLED_VERSION
 
 
 class ContractError(ValueError):

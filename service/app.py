@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Annotated, Any
 
 import anyio
@@ -37,6 +36,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from contract import package_version
 from service import schemas, v1, v2
 from service.drift import DriftMonitor, register_prometheus
 from service.errors import (
@@ -57,7 +57,6 @@ from service.settings import Settings
 log = logging.getLogger("bnserve")
 access_log = logging.getLogger("bnserve.access")
 
-FALLBACK_VERSION = "0.1.0"
 _bearer = HTTPBearer(auto_error=False, description="Only when BNSERVE_API_KEY is set.")
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -72,20 +71,12 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
-def package_version() -> str:
-    """The installed ``bnserve`` version, or the source tree's when it is not installed."""
-    try:
-        return metadata.version("bnserve")
-    except metadata.PackageNotFoundError:
-        return FALLBACK_VERSION
-
-
 @dataclass
 class ServiceState:
     """What the routes share: settings, the loaded models, their drift monitors, readiness, metrics."""
 
     settings: Settings
-    metrics: Metrics = field(default_factory=Metrics)
+    metrics: Metrics = field(init=False)
     repository: ModelRepository | None = None
     drift: dict[tuple[str, int], DriftMonitor] = field(default_factory=dict)  # by (name, version)
     feeder: ObserverFeeder | None = None  # runs the observers of inferences made on the event loop
@@ -93,6 +84,9 @@ class ServiceState:
     draining: bool = False
     startup_error: str | None = None
     version: str = field(default_factory=package_version)
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(workers=self.settings.workers)
 
     @property
     def ready(self) -> bool:

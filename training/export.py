@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from dataclasses import dataclass
-from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,6 @@ ONNX_ACTIVATIONS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
 
 class ExportError(RuntimeError):
     """The export refused to write a model (verification failed, bad repository, ...)."""
-
-
-def package_version() -> str:
-    try:
-        return _metadata.version("bnserve")
-    except _metadata.PackageNotFoundError:
-        return "0.0.0+local"
 
 
 @dataclass(frozen=True)
@@ -111,7 +103,7 @@ def _finish(graph: onnx.GraphProto, contract: C.ModelContract, version: int, doc
         graph,
         opset_imports=[helper.make_opsetid("", OPSET)],
         producer_name="bnserve",
-        producer_version=package_version(),
+        producer_version=C.package_version(),
         ir_version=IR_VERSION,
         doc_string=doc,
     )
