@@ -1,10 +1,12 @@
 """Prometheus metrics, in a registry owned by one app (tests build many apps in one process).
 
-With several workers (``PROMETHEUS_MULTIPROC_DIR`` set by ``service.server.serve_workers``) the request
-metrics live in prometheus-client's per-process files and every scrape, whichever worker answers, reports
-their aggregate: counters and histograms summed over all workers, gauges over the live ones by their
-``multiprocess_mode``. Collectors registered in :attr:`Metrics.registry` by others (the drift gauges) describe
-the answering worker only and then carry a ``replica`` label (``<hostname>:<pid>``).
+With several workers (``PROMETHEUS_MULTIPROC_DIR`` set by ``service.server``) the request metrics live in
+prometheus-client's per-process files and every scrape, whichever worker answers, reports their aggregate:
+counters and histograms summed over all workers, gauges over the live ones by their ``multiprocess_mode``.
+``bnserve_ready`` is 1 only when as many live workers as configured have each reported ready: a worker that is
+still starting has written no file yet, and a minimum over the files alone would call the service ready
+without it. Collectors registered in :attr:`Metrics.registry` by others (the drift gauges) describe the
+answering worker only and then carry a ``replica`` label (``<hostname>:<pid>``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.samples import Sample
 
 from service.repository import ModelRepository
 
@@ -31,10 +34,25 @@ def replica_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class Metrics:
-    """Request count by model, protocol and status; latency; rows per request; what is loaded."""
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (a worker that crashed or stopped does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    def __init__(self) -> None:
+
+class Metrics:
+    """Request count by model, protocol and status; latency; rows per request; what is loaded.
+
+    ``workers`` is how many worker processes the service runs (readiness needs every one of them).
+    """
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = workers
         #: For per-process collectors (drift); the request metrics below are only in it in one-process mode.
         self.registry = CollectorRegistry(auto_describe=True)
         self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
@@ -74,9 +92,9 @@ class Metrics:
         )
         self.ready = Gauge(
             "bnserve_ready",
-            "1 while the service accepts inference requests (with workers: while every live worker does).",
+            "1 while the service accepts inference requests (with workers: while every worker does).",
             registry=own,
-            multiprocess_mode="livemin",
+            multiprocess_mode="liveall",  # one sample per worker; render() combines them
         )
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
@@ -109,9 +127,24 @@ class Metrics:
         """The text exposition format."""
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
-        aggregate = CollectorRegistry()
-        MultiProcessCollector(aggregate, path=self.multiprocess_dir)
+        aggregate = _EveryWorkerReady(MultiProcessCollector(None, path=self.multiprocess_dir), self.workers)
         return generate_latest(aggregate) + generate_latest(_Labelled(self.registry, "replica", replica_id()))
+
+
+class _EveryWorkerReady:
+    """The workers' aggregate metrics, with their ``bnserve_ready`` samples (one per worker) made into one:
+    1 when ``workers`` live workers have each reported 1, else 0."""
+
+    def __init__(self, collector: MultiProcessCollector, workers: int) -> None:
+        self.collector, self.workers = collector, workers
+
+    def collect(self) -> Any:
+        for family in self.collector.collect():
+            if family.name == "bnserve_ready":
+                live = [s.value for s in family.samples if pid_alive(int(s.labels["pid"]))]
+                ready = len(live) >= self.workers and all(v == 1 for v in live)
+                family.samples = [Sample(family.name, {}, float(ready))]
+            yield family
 
 
 class _Labelled:
