@@ -43,9 +43,9 @@ lint: $(VENV)/.dev-deps
 	$(BIN)/mypy
 
 bench: $(VENV)/.dev-deps
-	$(BIN)/python benchmarks/train_throughput.py
-	$(BIN)/python benchmarks/inference.py
-	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python -m benchmarks.train_throughput
+	$(BIN)/python -m benchmarks.inference
+	$(BIN)/python -m benchmarks.serve
 
 experiments: $(VENV)/.dev-deps
 	$(BIN)/python -m training.experiments

@@ -1,6 +1,6 @@
 """Micro-benchmark: the cost of ``DriftMonitor.update`` per request, next to the inference it watches.
 
-    python benchmarks/drift.py [--features 64] [--repeat 2000]
+    python -m benchmarks.drift [--features 64] [--repeat 2000]
 
 For batch sizes 1 and 64 it prints, in microseconds per request: ``update()``; ``report()``; a float32
 ``(n, F) x (F, 256)`` matmul, the size of the first layer of a small served MLP; and, when ``onnx`` is
@@ -12,14 +12,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import sys
 import timeit
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.drift import DriftConfig, DriftMonitor, stats_from_sample
 

@@ -1,6 +1,6 @@
 """Plot the drift score over a stream of requests: held-out digits, then shifted digits (brighter, inverted).
 
-    python benchmarks/drift_plot.py [--model models/digits/1/model.onnx] [--out docs/drift.png]
+    python -m benchmarks.drift_plot [--model models/digits/1/model.onnx] [--out docs/drift.png]
 
 Without ``--model`` the training statistics come from a random 60% of the bundled digits and the stream
 replays the other 40%. With ``--model`` they come from the model's own metadata (``bnserve.input_stats``,
@@ -13,16 +13,13 @@ of ``--batch`` rows.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from contract import InputStats, ModelContract  # noqa: E402
-from service.drift import DriftConfig, DriftMonitor, stats_from_sample  # noqa: E402
+from benchmarks.harness import ROOT
+from contract import InputStats, ModelContract
+from service.drift import DriftConfig, DriftMonitor, stats_from_sample
 
 DIGITS = ROOT / "training" / "data" / "digits.csv.gz"
 SHIFTS = {

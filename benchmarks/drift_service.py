@@ -1,6 +1,6 @@
 """What drift monitoring costs a served prediction: the same requests with BNSERVE_DRIFT_ENABLED on and off.
 
-    python benchmarks/drift_service.py [--model-repository models] [--requests 300]
+    python -m benchmarks.drift_service [--model-repository models] [--requests 300]
 
 Two measurements on the first model of the repository, for requests of 1 and 64 rows (held-out-like rows:
 the model's training means plus noise):
@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from fastapi.testclient import TestClient
 
 from service.app import create_app

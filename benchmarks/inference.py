@@ -4,7 +4,7 @@ Both graphs come from the same trained network in the same run (the digits defau
 ``--quick``), run in onnxruntime with the same session options, alternating rounds; the best round of each
 is kept so that a noisy neighbour hurts both alike.
 
-    python benchmarks/inference.py [--threads 1] [--seconds 2]
+    python -m benchmarks.inference [--threads 1] [--seconds 2]
 """
 
 from __future__ import annotations
@@ -12,11 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import onnxruntime as ort

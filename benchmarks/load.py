@@ -8,8 +8,8 @@ strings, inconsistent binary sizes, empty batch, too many rows, an oversized bod
 the status it must get. Prints requests/s, latency percentiles, the count of unexpected statuses (must be 0)
 and the server's resident memory after a warm-up and at the end (growth beyond noise means a leak).
 
-    python benchmarks/load.py                       # 100,000 requests, at most 300 s
-    python benchmarks/load.py --requests 5000       # a short run
+    python -m benchmarks.load                       # 100,000 requests, at most 300 s
+    python -m benchmarks.load --requests 5000       # a short run
 """
 
 from __future__ import annotations
@@ -27,10 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve import Server, free_port
+from benchmarks.harness import ROOT, LiveServer
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = "load-test-key"
 MAX_ROWS = 100
 MAX_BODY = 256 * 1024
@@ -225,12 +223,11 @@ def main() -> int:
     p.add_argument("--checkpoints", type=int, default=5, help="memory readings during the measured phase")
     args = p.parse_args()
 
-    port = free_port()
-    argv = [
-        sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning",
+    server = LiveServer(
+        "--log-level", "warning",
         "--api-key", KEY, "--max-batch-rows", str(MAX_ROWS), "--max-body-bytes", str(MAX_BODY),
-    ]  # fmt: skip
-    server = Server("service", argv, port, None)
+    )  # fmt: skip
+    port = server.port
     try:
         server.wait_ready()
         warm, _ = asyncio.run(run(port, args.warmup, args.concurrency, 120, args.seed + 10_000))

@@ -22,7 +22,7 @@ by default: a request whose connection to a stopping replica breaks is re-sent t
 Needs nginx (Debian: ``apt-get install -y nginx``); installs nothing, binds 127.0.0.1 only, writes only in a
 temporary directory, and stops every process it started on any exit.
 
-    python benchmarks/scale_out.py [--duration 20] [--concurrency 16] [--phases single,pair,failover]
+    python -m benchmarks.scale_out [--duration 20] [--concurrency 16] [--phases single,pair,failover]
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,19 +50,11 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import HOST, ROOT, free_port
 from service.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
 DIGITS_CSV = ROOT / "training" / "data" / "digits.csv.gz"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -160,7 +151,7 @@ class Replica:
 
 
 NGINX_CONF = """\
-# written by benchmarks/scale_out.py; loopback only, every path inside {tmp}
+# written by python -m benchmarks.scale_out; loopback only, every path inside {tmp}
 {user}worker_processes 1;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;

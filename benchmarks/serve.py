@@ -10,9 +10,9 @@ The load generator is ``wrk`` when installed (POST bodies through a Lua script),
 client (asyncio, uvloop when installed) in its own process; the output says which. On a machine with two or
 more cores the servers are pinned to CPU 0 and the load generator to CPU 1 (``--no-pin`` to turn off).
 
-    python benchmarks/serve.py                      # full grid, 5 s per cell
-    python benchmarks/serve.py --quick              # 1 s per cell, batch 1 and 64, concurrency 1 and 8
-    python benchmarks/serve.py --tool python --protocols v2-json --batches 1 --concurrency 32
+    python -m benchmarks.serve                      # full grid, 5 s per cell
+    python -m benchmarks.serve --quick              # 1 s per cell, batch 1 and 64, concurrency 1 and 8
+    python -m benchmarks.serve --tool python --protocols v2-json --batches 1 --concurrency 32
 """
 
 from __future__ import annotations
@@ -26,12 +26,10 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -42,8 +40,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.harness import MODELS, LiveServer, free_port
 
 PROTOCOLS = ("v1-json", "v2-json", "v2-binary")
 N_FEATURES = 64  # the digits model of models/ (8x8 images)
@@ -76,7 +73,7 @@ def serve_noop(port: int) -> None:
     from service.settings import Settings
 
     settings = Settings(
-        model_repository=ROOT / "models", host="127.0.0.1", port=port, log_level="warning", access_log=False
+        model_repository=MODELS, host="127.0.0.1", port=port, log_level="warning", access_log=False
     )
     uvicorn.Server(uvicorn.Config(noop_app(), **uvicorn_options(settings))).run()
 
@@ -115,10 +112,13 @@ def payload(protocol: str, batch: int, seed: int = 0) -> Payload:
 
 
 # ---- servers ------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def check(server: LiveServer, p: Payload) -> None:
+    """One request through urllib: the cell must answer 200 before it is measured."""
+    request = urllib.request.Request(server.url(p.path), data=p.body, headers=p.headers, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as r:
+        if r.status != 200:
+            raise RuntimeError(f"{server.name} answered {r.status} to {p.path}")
+        r.read()
 
 
 def _pinned(cpus: set[int] | None) -> Any:
@@ -127,91 +127,21 @@ def _pinned(cpus: set[int] | None) -> Any:
     return lambda: os.sched_setaffinity(0, cpus)
 
 
-class Server:
-    """A server subprocess on a free 127.0.0.1 port, in its own process group (stopped with all its workers)."""
-
-    def __init__(self, name: str, argv: list[str], port: int, cpus: set[int] | None) -> None:
-        self.name, self.port = name, port
-        self.log = tempfile.TemporaryFile()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BNSERVE_")}
-        env.setdefault("OPENBLAS_NUM_THREADS", "1")
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_pinned(cpus),
-        )
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(self.url("/v2/health/ready"), timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready within {timeout}s:\n{self.output()}")
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time so far of every process in the server's process group (workers included)."""
-        total = 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == self.proc.pid:  # field 5, pgrp: we started it in its own session
-                total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
-        return total / os.sysconf("SC_CLK_TCK")
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-3000:]
-
-    def check(self, p: Payload) -> None:
-        """One request through urllib: the cell must answer 200 before it is measured."""
-        request = urllib.request.Request(self.url(p.path), data=p.body, headers=p.headers, method="POST")
-        with urllib.request.urlopen(request, timeout=10) as r:
-            if r.status != 200:
-                raise RuntimeError(f"{self.name} answered {r.status} to {p.path}")
-            r.read()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        self.log.close()
-
-
 @contextlib.contextmanager
-def servers(workers: int, cpus: set[int] | None, service_args: Sequence[str]) -> Iterator[dict[str, Server]]:
+def servers(
+    workers: int, cpus: set[int] | None, service_args: Sequence[str]
+) -> Iterator[dict[str, LiveServer]]:
     """The service and the no-op app, both ready; both stopped on the way out, whatever happens."""
-    started: dict[str, Server] = {}
+    started: dict[str, LiveServer] = {}
     try:
         port = free_port()
-        started["noop"] = Server("noop", [sys.executable, __file__, "--serve-noop", str(port)], port, cpus)
-        port = free_port()
-        argv = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
-        argv += ["--model-repository", str(ROOT / "models"), "--log-level", "warning", *service_args]
+        command = [sys.executable, "-m", "benchmarks.serve", "--serve-noop", str(port)]
+        started["noop"] = LiveServer(command=command, port=port, cpus=cpus, name="noop")
+        args = ["--model-repository", str(MODELS), "--log-level", "warning", *service_args]
         if workers > 1:
-            argv += ["--workers", str(workers)]
+            args += ["--workers", str(workers)]
         # Several workers get every core; the load generator then shares one with them.
-        started["service"] = Server("service", argv, port, cpus if workers == 1 else None)
+        started["service"] = LiveServer(*args, cpus=cpus if workers == 1 else None)
         for server in started.values():
             server.wait_ready()
         yield started
@@ -275,7 +205,7 @@ def run_python(url: str, p: Payload, concurrency: int, seconds: float, cpus: set
         body.write(p.body)
         body.flush()
         out = subprocess.run(
-            [sys.executable, __file__, "--drive", spec, body.name],
+            [sys.executable, "-m", "benchmarks.serve", "--drive", spec, body.name],
             capture_output=True,
             text=True,
             timeout=seconds + 60,
@@ -380,7 +310,7 @@ def asgi_costs(protocol: str = "v2-json", batch: int = 1, calls: int = 2000) -> 
     async def main() -> dict[str, float]:
         out = {"noop": await best(noop_app())}
         for drift in (True, False):
-            settings = Settings(model_repository=ROOT / "models", log_level="warning", drift_enabled=drift)
+            settings = Settings(model_repository=MODELS, log_level="warning", drift_enabled=drift)
             app = create_app(settings)
             async with app.router.lifespan_context(app):
                 out[f"service (drift {'on' if drift else 'off'})"] = await best(app)
@@ -446,7 +376,7 @@ def run_grid(args: argparse.Namespace) -> list[Cell]:
             for batch in args.batches:
                 p = payload(protocol, batch)
                 for server in running.values():
-                    server.check(p)
+                    check(server, p)
                 for concurrency in args.concurrency:
                     pair: dict[str, Cell] = {}
                     for name in ("noop", "service"):

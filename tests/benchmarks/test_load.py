@@ -1,18 +1,27 @@
-"""The load harness (benchmarks/load.py) on a tiny budget: a real server, every kind of request, each status right."""
+"""The load harness (``python -m benchmarks.load``) on a tiny budget: a real server, every kind of request, each status right."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.harness import ROOT
 
 
 def test_mixed_valid_and_invalid_load_gets_only_expected_statuses():
     r = subprocess.run(
-        [sys.executable, "benchmarks/load.py", "--requests", "600", "--warmup", "100", "--checkpoints", "2"],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.load",
+            "--requests",
+            "600",
+            "--warmup",
+            "100",
+            "--checkpoints",
+            "2",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""``benchmarks/serve.py --quick`` runs end to end: both servers start, every cell answers, numbers are finite.
+"""``python -m benchmarks.serve --quick`` runs end to end: both servers start, every cell answers, numbers are finite.
 
 One protocol at a time would miss a broken payload, so all three run, at batch 1, concurrency 1, 1 s per
 cell (about 15 s in all). The Python load generator is forced so the test does not depend on wrk; no timing
@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.harness import ROOT
 
 pytestmark = pytest.mark.slow
 
 
 def test_quick_run_measures_every_cell(tmp_path: Path) -> None:
     out = tmp_path / "cells.json"
-    argv = [sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--quick", "--tool", "python"]
+    argv = [sys.executable, "-m", "benchmarks.serve", "--quick", "--tool", "python"]
     argv += ["--batches", "1", "--concurrency", "1", "--json", str(out), "--markdown"]
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -41,7 +41,7 @@ def test_quick_run_measures_every_cell(tmp_path: Path) -> None:
 
 
 def test_in_process_timing_is_finite() -> None:
-    argv = [sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--in-process", "--quick"]
+    argv = [sys.executable, "-m", "benchmarks.serve", "--in-process", "--quick"]
     argv += ["--protocols", "v2-json", "--batches", "1"]
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

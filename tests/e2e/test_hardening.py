@@ -1,4 +1,4 @@
-"""Limits, authentication, readiness, unexpected errors, settings, metrics and the access log."""
+"""Limits, authentication, readiness, unexpected errors, metrics, the access log, docs and the offload policy."""
 
 from __future__ import annotations
 
@@ -7,16 +7,13 @@ import gzip
 import json
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.__main__ import main
 from service.app import create_app
 from service.runtime import ModelRuntime
-from service.settings import ENV_PREFIX, Settings, SettingsError, build_parser, load_settings
 from tests.service.conftest import Repo, settings_for
 
 ROW = [0.25] * 64
@@ -211,58 +208,6 @@ def test_docs_and_examples(client: TestClient) -> None:
     predict = spec["paths"]["/v1/models/{name}:predict"]["post"]
     for example in predict["requestBody"]["content"]["application/json"]["examples"].values():
         assert client.post(f"/v1/models/{name}:predict", json=example["value"]).status_code == 200
-
-
-# ---- settings ----------------------------------------------------------------------------------------------
-
-
-def test_settings_defaults_env_and_command_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in Settings.model_fields:
-        monkeypatch.delenv(ENV_PREFIX + name.upper(), raising=False)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "models").mkdir()
-    settings = load_settings([])
-    assert (settings.host, settings.port, settings.intra_op_threads, settings.api_key) == (
-        "127.0.0.1",
-        8000,
-        1,
-        None,
-    )
-    monkeypatch.setenv("BNSERVE_PORT", "9001")
-    monkeypatch.setenv("BNSERVE_HOST", "0.0.0.0")
-    assert (load_settings([]).port, load_settings([]).host) == (9001, "0.0.0.0")
-    assert load_settings(["--port", "9002"]).port == 9002
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (
-            ["--port", "70000"],
-            "invalid setting --port / BNSERVE_PORT: Input should be less than or equal to 65535",
-        ),
-        (["--intra-op-threads", "0"], "invalid setting --intra-op-threads / BNSERVE_INTRA_OP_THREADS"),
-        (["--model-repository", "/no/such/dir"], "/no/such/dir is not a directory"),
-        (["--api-key", "  "], "--api-key / BNSERVE_API_KEY: must not be blank"),
-    ],
-)
-def test_bad_setting_is_one_line(argv: list[str], message: str) -> None:
-    with pytest.raises(SettingsError) as info:
-        load_settings(argv)
-    assert message in str(info.value) and "\n" not in str(info.value)
-
-
-def test_bad_setting_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--port", "nope"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("bnserve: invalid setting --port")
-
-
-def test_help_lists_every_setting() -> None:
-    text = build_parser().format_help()
-    for name in Settings.model_fields:
-        assert "--" + name.replace("_", "-") in text
-        assert ENV_PREFIX + name.upper() in text.replace("\n", "").replace(" ", "")
 
 
 def test_observer_hook_of_create_app(repo: Repo) -> None:

@@ -7,15 +7,11 @@ evaluator. Every wait is bounded; every server started here is stopped here.
 from __future__ import annotations
 
 import json
-import os
-import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -27,86 +23,17 @@ import tritonclient.http as triton
 from onnx.reference import ReferenceEvaluator
 from tritonclient.utils import InferenceServerException
 
+from benchmarks.harness import MODELS, ROOT, LiveServer, free_port
 from tests.service.conftest import broken_variants, write_model
 
-ROOT = Path(__file__).resolve().parents[2]
-MODELS = ROOT / "models"
 DIGITS = MODELS / "digits" / "1" / "model.onnx"
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A ``python -m service`` subprocess whose stderr lines are collected by a thread."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("BNSERVE_")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port), *args],
-            cwd=ROOT,
-            env={**clean, **(env or {})},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.put(line.rstrip("\n"))
-
-    def wait_for_line(self, phrase: str, timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            self.seen.append(line)
-            if phrase in line:
-                return line
-        raise AssertionError(f"no stderr line with {phrase!r} within {timeout}s; saw {self.seen[-20:]}")
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(self.url("/v2/health/ready"), timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.1)
-        raise AssertionError("server not ready in time")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        return int(self.proc.returncode)
-
-
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    srv = Server("--model-repository", str(MODELS), env={"BNSERVE_LOG_FORMAT": "json"})
+def server() -> Iterator[LiveServer]:
+    srv = LiveServer("--model-repository", str(MODELS), env={"BNSERVE_LOG_FORMAT": "json"})
     try:
         srv.wait_ready()
         yield srv
@@ -124,7 +51,7 @@ def digits_rows(n: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_tritonclient(server: Server, reference: ReferenceEvaluator, binary: bool) -> None:
+def test_tritonclient(server: LiveServer, reference: ReferenceEvaluator, binary: bool) -> None:
     client = triton.InferenceServerClient(
         f"127.0.0.1:{server.port}", connection_timeout=10, network_timeout=10
     )
@@ -162,7 +89,9 @@ def test_tritonclient(server: Server, reference: ReferenceEvaluator, binary: boo
         client.close()
 
 
-def post(server: Server, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+def post(
+    server: LiveServer, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, dict]:
     request = urllib.request.Request(server.url(path), data=body, headers=headers or {}, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as r:
@@ -171,7 +100,7 @@ def post(server: Server, path: str, body: bytes, headers: dict[str, str] | None 
         return exc.code, json.loads(exc.read())
 
 
-def test_readme_tritonclient_example(server: Server) -> None:
+def test_readme_tritonclient_example(server: LiveServer) -> None:
     """docs/examples/triton_client.py, as the README shows it, against the real server."""
     out = subprocess.run(
         [sys.executable, "docs/examples/triton_client.py", "--url", f"127.0.0.1:{server.port}"],
@@ -187,7 +116,7 @@ def test_readme_tritonclient_example(server: Server) -> None:
     assert lines[2].startswith("JSON  : labels [0, 1, 2] (true [0, 1, 2])")
 
 
-def test_plain_http_row_independence(server: Server) -> None:
+def test_plain_http_row_independence(server: LiveServer) -> None:
     x = digits_rows(100, seed=1)
     body = {"inputs": [{"name": "input", "shape": [100, 64], "datatype": "FP32", "data": x.tolist()}]}
     status, batch = post(server, "/v2/models/digits/infer", json.dumps(body).encode())
@@ -202,7 +131,7 @@ def test_plain_http_row_independence(server: Server) -> None:
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_curl(server: Server, reference: ReferenceEvaluator) -> None:
+def test_curl(server: LiveServer, reference: ReferenceEvaluator) -> None:
     x = digits_rows(2, seed=2)
     payload = json.dumps({"instances": x.tolist()})
     out = subprocess.run(
@@ -240,7 +169,7 @@ def test_curl(server: Server, reference: ReferenceEvaluator) -> None:
     assert 'bnserve_requests_total{model="digits",protocol="v1",status="200"}' in metrics
 
 
-def test_access_log_is_json_without_the_key(server: Server) -> None:
+def test_access_log_is_json_without_the_key(server: LiveServer) -> None:
     status, _ = post(
         server, "/v1/models/digits:predict", b'{"instances": [[0]]}', {"X-Request-ID": "abc-123"}
     )
@@ -250,7 +179,7 @@ def test_access_log_is_json_without_the_key(server: Server) -> None:
 
 
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_0() -> None:
-    srv = Server("--model-repository", str(MODELS), "--graceful-timeout", "5")
+    srv = LiveServer("--model-repository", str(MODELS), "--graceful-timeout", "5")
     try:
         srv.wait_ready()
         body = json.dumps({"instances": digits_rows(1).tolist()}).encode()

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.harness import MODELS, LiveServer
 from service.server import bind_socket
-from tests.service.test_live import MODELS, Server
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +26,12 @@ def _metrics_dirs() -> set[str]:
     return {p.name for p in Path(tempfile.gettempdir()).glob("bnserve-metrics-*")}
 
 
-def _scrape(srv: Server) -> str:
+def _scrape(srv: LiveServer) -> str:
     with urllib.request.urlopen(srv.url("/metrics"), timeout=10) as r:
         return r.read().decode()
 
 
-def _wait_for_every_worker(srv: Server, timeout: float = 60.0) -> None:
+def _wait_for_every_worker(srv: LiveServer, timeout: float = 60.0) -> None:
     """``bnserve_ready`` is the minimum over live workers: 1 once the slower worker has loaded too."""
     deadline = time.monotonic() + timeout
     while not re.search(r"^bnserve_ready 1\.0$", _scrape(srv), re.M):
@@ -41,7 +41,7 @@ def _wait_for_every_worker(srv: Server, timeout: float = 60.0) -> None:
 
 def test_request_counts_add_up_whichever_worker_answers() -> None:
     before = _metrics_dirs()
-    srv = Server("--model-repository", str(MODELS), "--workers", "2", "--log-level", "warning")
+    srv = LiveServer("--model-repository", str(MODELS), "--workers", "2", "--log-level", "warning")
     n = 40
     try:
         srv.wait_ready()  # one worker is
