@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -331,17 +334,28 @@ def export(
     report = verify(folded, unfolded, result.model, result.held_out, tol)
 
     out_dir = model_dir / str(version)
+    if out_dir.exists():
+        raise ExportError(f"{out_dir} exists already; refusing to overwrite a model version")
     try:
-        out_dir.mkdir(parents=True, exist_ok=False)
-    except FileExistsError:
-        raise ExportError(f"{out_dir} exists already; refusing to overwrite a model version") from None
+        model_dir.mkdir(parents=True, exist_ok=True)
+        # The version is written whole into a hidden folder, then renamed into place in one step: a server
+        # polling the repository sees it complete or not at all.
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
     except OSError as exc:
         raise ExportError(f"cannot create {out_dir}: {exc.strerror}") from None
+    try:
+        onnx.save(folded, str(staging / "model.onnx"))
+        (staging / "history.json").write_text(json.dumps(result.history, indent=1) + "\n")
+        # Triton keeps one config.pbtxt per model, beside the version folders; an existing one is kept, as it
+        # may carry the operator's version_policy.
+        config = model_dir / "config.pbtxt"
+        if not config.exists():
+            config.write_text(triton_config(name, contract))
+        os.rename(staging, out_dir)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ExportError(f"cannot write {out_dir}: {exc.strerror}") from None
     path = out_dir / "model.onnx"
-    onnx.save(folded, str(path))
-    # Triton keeps one config.pbtxt per model, beside the version folders.
-    (model_dir / "config.pbtxt").write_text(triton_config(name, contract))
-    (out_dir / "history.json").write_text(json.dumps(result.history, indent=1) + "\n")
     if unfolded_path is not None:
         unfolded_path = Path(unfolded_path)
         unfolded_path.parent.mkdir(parents=True, exist_ok=True)

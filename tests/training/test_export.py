@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -173,3 +175,36 @@ def test_contract_rejects_inconsistent_metadata(small, digits):
             C.ModelContract.from_metadata({**good, key: value})
     with pytest.raises(C.ContractError, match="no bnserve contract"):
         C.ModelContract.from_metadata({})
+
+
+def test_export_renames_a_complete_version_into_place(small, digits, tmp_path, monkeypatch):
+    """A server polling the repository never sees a version folder before its model.onnx is whole."""
+    (tmp_path / "digits").mkdir()
+    policy = 'name: "digits"\nversion_policy: { latest: { num_versions: 2 } }\n'
+    (tmp_path / "digits" / "config.pbtxt").write_text(policy)
+    seen = []
+    real_rename = os.rename
+
+    def rename(src, dst):
+        seen.append((sorted(p.name for p in Path(src).iterdir()), Path(dst).exists()))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(E.os, "rename", rename)
+    report = E.export(small, tmp_path, "digits")
+    assert seen == [(["history.json", "model.onnx"], False)]  # complete before it appears, in one rename
+    assert (
+        report.path.is_file()
+        and [p.name for p in (tmp_path / "digits").iterdir() if p.name.startswith(".")] == []
+    )
+    assert (tmp_path / "digits" / "config.pbtxt").read_text() == policy  # the operator's policy is kept
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(E.onnx, "save", full_disk)
+    with pytest.raises(E.ExportError, match=r"cannot write .*digits/2: No space left on device"):
+        E.export(small, tmp_path, "digits")
+    assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == [
+        "1",
+        "config.pbtxt",
+    ]  # nothing half-done
