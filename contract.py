@@ -21,7 +21,16 @@ Keys (all values are strings; structured values are JSON):
                                make, ``bin = searchsorted(edges, x, side="right")``), ``rows``
 ``bnserve.training``           JSON object: a free-form training summary (dataset, split sizes, metrics,
                                hyper-parameters, seed, bn-stats mode, EWMA-vs-precise gap, date, ...)
+``bnserve.hidden_stats``       optional JSON list, one object per hidden layer in forward order: ``name``,
+                               ``output`` (the graph output holding the layer's folded Gemm output, i.e. Batch
+                               Norm's output, before the activation) and, per unit, the training-split
+                               statistics of that output with the keys and meaning of ``input_stats``
+``bnserve.adaptation``         optional JSON object, only in versions written by ``python -m training adapt``:
+                               ``parent_version``, ``rows``, ``date``, ``drift_score_before``, ``layers``, ...
 =============================  ===============================================================================
+
+Hidden outputs are extra graph outputs: the service runs them only for its own drift monitor and never returns
+them unless a client names them.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ KEY_CLASS_LABELS = PREFIX + "class_labels"
 KEY_TARGET_NAMES = PREFIX + "target_names"
 KEY_INPUT_STATS = PREFIX + "input_stats"
 KEY_TRAINING = PREFIX + "training"
+KEY_HIDDEN_STATS = PREFIX + "hidden_stats"
+KEY_ADAPTATION = PREFIX + "adaptation"
 
 # Tensor names of the served graph.
 INPUT_NAME = "input"
@@ -100,29 +111,65 @@ class InputStats:
             "rows": self.rows,
         }
 
+    @property
+    def n_columns(self) -> int:
+        return len(self.mean)
+
     @classmethod
-    def from_json(cls, obj: Any, n_features: int) -> InputStats:
+    def from_json(cls, obj: Any, n_features: int | None, what: str = KEY_INPUT_STATS) -> InputStats:
+        """Parse and validate; ``n_features`` None takes the width from ``mean`` (hidden layers)."""
         if not isinstance(obj, dict):
-            raise ContractError(f"{KEY_INPUT_STATS} must be a JSON object, got {type(obj).__name__}")
+            raise ContractError(f"{what} must be a JSON object, got {type(obj).__name__}")
         missing = {"mean", "std", "decile_edges", "decile_freqs", "rows"} - obj.keys()
         if missing:
-            raise ContractError(f"{KEY_INPUT_STATS} lacks {sorted(missing)}")
-        mean = _floats(obj["mean"], f"{KEY_INPUT_STATS}.mean", n_features)
-        std = _floats(obj["std"], f"{KEY_INPUT_STATS}.std", n_features)
+            raise ContractError(f"{what} lacks {sorted(missing)}")
+        if n_features is None:
+            n_features = len(obj["mean"]) if isinstance(obj["mean"], list) and obj["mean"] else 0
+            if n_features < 1:
+                raise ContractError(f"{what}.mean must be a non-empty list of numbers")
+        mean = _floats(obj["mean"], f"{what}.mean", n_features)
+        std = _floats(obj["std"], f"{what}.std", n_features)
         if any(s < 0 for s in std):
-            raise ContractError(f"{KEY_INPUT_STATS}.std has a negative entry")
-        edges = _table(obj["decile_edges"], f"{KEY_INPUT_STATS}.decile_edges", n_features, N_BINS - 1)
+            raise ContractError(f"{what}.std has a negative entry")
+        edges = _table(obj["decile_edges"], f"{what}.decile_edges", n_features, N_BINS - 1)
         for j, row in enumerate(edges):
             if any(b < a for a, b in itertools.pairwise(row)):
-                raise ContractError(f"{KEY_INPUT_STATS}.decile_edges[{j}] is not sorted")
-        freqs = _table(obj["decile_freqs"], f"{KEY_INPUT_STATS}.decile_freqs", n_features, N_BINS)
+                raise ContractError(f"{what}.decile_edges[{j}] is not sorted")
+        freqs = _table(obj["decile_freqs"], f"{what}.decile_freqs", n_features, N_BINS)
         for j, row in enumerate(freqs):
             if any(f < 0 for f in row) or abs(sum(row) - 1.0) > 1e-6:
-                raise ContractError(f"{KEY_INPUT_STATS}.decile_freqs[{j}] is not a distribution")
+                raise ContractError(f"{what}.decile_freqs[{j}] is not a distribution")
         rows = obj["rows"]
         if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
-            raise ContractError(f"{KEY_INPUT_STATS}.rows must be a positive integer, got {rows!r}")
+            raise ContractError(f"{what}.rows must be a positive integer, got {rows!r}")
         return cls(mean=mean, std=std, decile_edges=edges, decile_freqs=freqs, rows=rows)
+
+
+@dataclass(frozen=True)
+class HiddenLayerStats:
+    """Training-split statistics of one hidden layer's units, read from the extra graph output ``output``."""
+
+    name: str
+    output: str
+    stats: InputStats
+
+    @property
+    def unit_names(self) -> list[str]:
+        """``<layer>.<unit>``: how drift reports and metrics name a hidden unit."""
+        return [f"{self.name}.{k}" for k in range(self.stats.n_columns)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "output": self.output, **self.stats.to_json()}
+
+    @classmethod
+    def from_json(cls, obj: Any, index: int) -> HiddenLayerStats:
+        what = f"{KEY_HIDDEN_STATS}[{index}]"
+        if not isinstance(obj, dict):
+            raise ContractError(f"{what} must be a JSON object, got {type(obj).__name__}")
+        for key in ("name", "output"):
+            if not isinstance(obj.get(key), str) or not obj[key]:
+                raise ContractError(f"{what}.{key} must be a non-empty string")
+        return cls(name=obj["name"], output=obj["output"], stats=InputStats.from_json(obj, None, what))
 
 
 @dataclass(frozen=True)
@@ -135,6 +182,8 @@ class ModelContract:
     class_labels: list[str | int | float] = field(default_factory=list)
     target_names: list[str] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
+    hidden_stats: list[HiddenLayerStats] = field(default_factory=list)
+    adaptation: dict[str, Any] = field(default_factory=dict)
     contract_version: int = CONTRACT_VERSION
 
     def __post_init__(self) -> None:
@@ -153,6 +202,13 @@ class ModelContract:
                 raise ContractError("class_labels has duplicates")
         elif not self.target_names:
             raise ContractError("regression needs at least 1 target name")
+        hidden = [h.output for h in self.hidden_stats]
+        if len(set(hidden)) != len(hidden) or set(hidden) & {INPUT_NAME, *output_names(self.task)}:
+            raise ContractError(
+                f"{KEY_HIDDEN_STATS}: output names must be distinct from each other and the graph's"
+            )
+        if len({h.name for h in self.hidden_stats}) != len(self.hidden_stats):
+            raise ContractError(f"{KEY_HIDDEN_STATS}: layer names have duplicates")
 
     @property
     def n_features(self) -> int:
@@ -176,6 +232,10 @@ class ModelContract:
             meta[KEY_CLASS_LABELS] = json.dumps(self.class_labels)
         else:
             meta[KEY_TARGET_NAMES] = json.dumps(self.target_names)
+        if self.hidden_stats:
+            meta[KEY_HIDDEN_STATS] = json.dumps([h.to_json() for h in self.hidden_stats], allow_nan=False)
+        if self.adaptation:
+            meta[KEY_ADAPTATION] = json.dumps(self.adaptation, allow_nan=False, default=str)
         return meta
 
     @classmethod
@@ -203,6 +263,13 @@ class ModelContract:
         training = _json(meta, KEY_TRAINING) if KEY_TRAINING in meta else {}
         if not isinstance(training, dict):
             raise ContractError(f"{KEY_TRAINING} must be a JSON object")
+        hidden_json = _json(meta, KEY_HIDDEN_STATS) if KEY_HIDDEN_STATS in meta else []
+        if not isinstance(hidden_json, list):
+            raise ContractError(f"{KEY_HIDDEN_STATS} must be a JSON list (one object per hidden layer)")
+        hidden = [HiddenLayerStats.from_json(h, i) for i, h in enumerate(hidden_json)]
+        adaptation = _json(meta, KEY_ADAPTATION) if KEY_ADAPTATION in meta else {}
+        if not isinstance(adaptation, dict):
+            raise ContractError(f"{KEY_ADAPTATION} must be a JSON object")
         labels: list[str | int | float] = []
         targets: list[str] = []
         if task == TASK_CLASSIFICATION:
@@ -222,6 +289,8 @@ class ModelContract:
             class_labels=labels,
             target_names=targets,
             training=training,
+            hidden_stats=hidden,
+            adaptation=adaptation,
             contract_version=version,
         )
 

@@ -179,10 +179,20 @@ def _check_graph(
         raise ValueError(f"metadata lists {mc.n_features} features but input {inp.name!r} has width {width}")
     expected = contract.output_names(mc.task)
     outputs = {o.name: o for o in session.get_outputs()}
-    if sorted(outputs) != sorted(expected):
+    hidden = {h.output: h.stats.n_columns for h in mc.hidden_stats}
+    if sorted(outputs) != sorted([*expected, *hidden]):
+        extra = f" plus the hidden outputs {sorted(hidden)} its metadata lists" if hidden else ""
         raise ValueError(
-            f"graph outputs are {sorted(outputs)}, a {mc.task} model must output {list(expected)}"
+            f"graph outputs are {sorted(outputs)}, a {mc.task} model must output {list(expected)}{extra}"
         )
+    for name, width in hidden.items():
+        out = outputs[name]
+        fixed = len(out.shape) == 2 and isinstance(out.shape[1], int)
+        if out.type != "tensor(float)" or len(out.shape) != 2 or (fixed and out.shape[1] != width):
+            raise ValueError(
+                f"hidden output {name!r} is {out.type} {out.shape}, expected tensor(float) [batch, {width}] "
+                "as its metadata says"
+            )
     specs = []
     for name in expected:
         out = outputs[name]

@@ -1,4 +1,5 @@
-"""``python -m training``: train a Batch-Normalized MLP, fold it, verify it and write it to the model repository.
+"""``python -m training``: train a Batch-Normalized MLP, fold it, verify it and write it to the model repository;
+``python -m training adapt ...``: re-estimate a served model's statistics on unlabeled rows (training/adapt.py).
 
 Bad input ends with one readable line on stderr and a non-zero exit status: 2 for bad data or options,
 1 when the export refuses to write (verification failed).
@@ -147,6 +148,11 @@ def load(args: argparse.Namespace) -> Dataset:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["adapt"]:  # `python -m training adapt ...`: AdaBN on a served model (training/adapt.py)
+        from training.adapt import main as adapt_main
+
+        return adapt_main(argv[1:])
     args = parser().parse_args(argv)
     # Imported here so that `--help` and bad options answer without loading onnx.
     from training.export import ExportError, export

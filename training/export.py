@@ -46,6 +46,43 @@ class Affine:
     activation: str | None
 
 
+_NUMPY_ACTIVATIONS = {
+    "Relu": lambda z: np.maximum(z, 0.0),
+    "Sigmoid": lambda z: 0.5 * (1.0 + np.tanh(0.5 * z)),  # the logistic function, without overflow
+    "Tanh": np.tanh,
+}
+
+
+def activate(op: str | None, z: np.ndarray) -> np.ndarray:
+    """The numpy twin of the ONNX activation ``op`` (None: the identity, as for the head)."""
+    return z if op is None else _NUMPY_ACTIVATIONS[op](z)
+
+
+def affine_forward(layers: list[Affine], X: np.ndarray) -> list[np.ndarray]:
+    """Every layer's Gemm output ``x @ W + b`` (before its activation) on rows ``X``, in float64."""
+    outs = []
+    h = np.asarray(X, dtype=np.float64)
+    for layer in layers:
+        z = h @ layer.W + layer.b  # (N, out)
+        outs.append(z)
+        h = activate(layer.activation, z)
+    return outs
+
+
+def hidden_output_name(i: int) -> str:
+    """The graph tensor holding hidden layer ``i``'s folded Gemm output (Batch Norm's output)."""
+    return f"layer{i}.z"
+
+
+def hidden_statistics(layers: list[Affine], X: np.ndarray) -> list[C.HiddenLayerStats]:
+    """Per hidden unit, the distribution of the folded Gemm output (BN's output) over rows ``X`` (the
+    training split): what the service's drift monitor compares each hidden layer's live outputs with."""
+    zs = affine_forward(layers, X)[:-1]  # the head is not a hidden layer
+    return [
+        C.HiddenLayerStats(f"layer{i}", hidden_output_name(i), input_statistics(z)) for i, z in enumerate(zs)
+    ]
+
+
 def fold_model(model: TrainedModel) -> list[Affine]:
     """The network as affine layers on raw features, folded in float64 (cast to float32 when written)."""
     net = model.net
@@ -121,7 +158,7 @@ def build_folded(layers: list[Affine], contract: C.ModelContract, version: int) 
     nodes, inits = [], []
     h = C.INPUT_NAME
     for i, layer in enumerate(layers):
-        w, b, z = f"layer{i}.W", f"layer{i}.b", f"layer{i}.z"
+        w, b, z = f"layer{i}.W", f"layer{i}.b", hidden_output_name(i)
         inits += [_f32(w, layer.W), _f32(b, layer.b)]
         nodes.append(helper.make_node("Gemm", [h, w, b], [z], name=f"layer{i}.gemm"))
         h = z
@@ -133,6 +170,11 @@ def build_folded(layers: list[Affine], contract: C.ModelContract, version: int) 
             h = a
     nodes += _head_nodes(contract.task, h)
     inputs, outputs = _io(contract.task, contract.n_features, contract.n_outputs)
+    # The hidden layers' outputs, for the service's drift monitor: extra outputs after the task's own.
+    outputs += [
+        helper.make_tensor_value_info(hs.output, TensorProto.FLOAT, [BATCH_DIM, hs.stats.n_columns])
+        for hs in contract.hidden_stats
+    ]
     graph = helper.make_graph(nodes, "bnserve_folded", inputs, outputs, inits)
     doc = (
         f"bnserve {contract.task} MLP on {contract.n_features} raw features; Batch Norm and input "
@@ -270,6 +312,7 @@ def make_contract(result: TrainResult, extra: dict[str, Any] | None = None) -> C
         class_labels=list(data.class_labels),
         target_names=list(data.target_names),
         training=_json_safe(training),
+        hidden_stats=hidden_statistics(fold_model(result.model), ds.X[sp.train]),
     )
 
 

@@ -91,7 +91,14 @@ def test_graph_interface(small, digits):
     dims = inp.type.tensor_type.shape.dim
     assert dims[0].dim_param and dims[1].dim_value == 64
     outs = {o.name: o.type.tensor_type.elem_type for o in folded.graph.output}
-    assert outs == {"probabilities": onnx.TensorProto.FLOAT, "label": onnx.TensorProto.INT64}
+    # the task's outputs first, then one extra output per hidden layer for the drift monitor
+    assert [o.name for o in folded.graph.output] == ["probabilities", "label", "layer0.z", "layer1.z"]
+    assert outs == {
+        "probabilities": onnx.TensorProto.FLOAT,
+        "label": onnx.TensorProto.INT64,
+        "layer0.z": onnx.TensorProto.FLOAT,
+        "layer1.z": onnx.TensorProto.FLOAT,
+    }
 
 
 def test_row_independence_in_onnxruntime(small, digits):
@@ -155,7 +162,8 @@ def test_regression_and_variants_export_exactly(tmp_path):
         res = train(ds, config=TrainConfig(epochs=3, batch_size=16), progress=False, **{"hidden": (8,), **kw})
         rep = E.export(res, tmp_path / "repo", "reg")
         sess = ort.InferenceSession(str(rep.path), providers=["CPUExecutionProvider"])
-        assert [o.name for o in sess.get_outputs()] == ["prediction"]
+        hidden = [f"layer{i}.z" for i in range(len(res.model.net.blocks))]
+        assert [o.name for o in sess.get_outputs()] == ["prediction", *hidden]
         pred = sess.run(None, {"input": X[:5].astype(np.float32)})[0]
         assert pred.shape == (5, 1)
         assert np.allclose(pred, res.model.output(X[:5]), rtol=1e-5, atol=1e-4)
