@@ -100,6 +100,12 @@ class ModelRuntime:
                 log.exception("observer %r failed for model %s/%d", observe, self.name, self.version)
         return out
 
+    def hidden_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """Each hidden layer's output (the extra graph outputs ``bnserve.hidden_stats`` names) on float32 rows
+        ``x`` (N, F), for the drift monitor: never part of a client's response unless it asks."""
+        names = [h.output for h in self.contract.hidden_stats]
+        return list(self.session.run(names, {contract.INPUT_NAME: x})) if names else []
+
 
 def session_options(intra_op_threads: int) -> ort.SessionOptions:
     """One sequential session: ``intra_op_threads`` threads for a node, none spinning idle."""

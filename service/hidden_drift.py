@@ -1,0 +1,140 @@
+"""Drift of the hidden layers: every hidden layer of a model is watched like its inputs.
+
+Batch Norm exists because a layer's input distribution shifts; a model exported by bnserve records, per hidden
+unit, the training distribution of what the served graph computes there (the folded Gemm output, i.e. Batch
+Norm's output; ``bnserve.hidden_stats``) and can return those tensors as extra graph outputs. A
+:class:`ModelDriftMonitor` is the input :class:`~service.drift.DriftMonitor` plus one ``DriftMonitor`` per
+hidden layer, over its units: per-unit PSI and mean shift, and a score per layer (the largest PSI over its
+units), with the same estimators, horizons and threshold as the inputs.
+
+The hidden outputs are computed on the feeder thread, by a second ``session.run`` over the rows of a whole
+burst (the graph is re-run rather than asked for the hidden tensors on the request path, so a request pays
+nothing for them; ``benchmarks/drift.py`` measures the cost).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from contract import HiddenLayerStats, ModelContract
+from service.drift import DriftConfig, DriftMonitor
+
+#: Computes the hidden layers' outputs of float32 rows ``(n, F)``, one ``(n, units)`` array per layer.
+HiddenOutputs = Callable[[np.ndarray], Sequence[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class LayerMonitor:
+    """One hidden layer's statistics and the monitor of its units."""
+
+    stats: HiddenLayerStats
+    monitor: DriftMonitor
+
+
+class ModelDriftMonitor(DriftMonitor):
+    """Input drift plus one monitor per hidden layer; its report adds a ``layers`` list.
+
+    Without ``hidden_outputs`` or hidden statistics in the contract (models exported before them), it is
+    exactly the input monitor and ``layers`` is empty.
+    """
+
+    def __init__(
+        self,
+        contract: ModelContract,
+        config: DriftConfig | None = None,
+        *,
+        name: str = "model",
+        hidden_outputs: HiddenOutputs | None = None,
+    ) -> None:
+        super().__init__(contract.input_stats, contract.feature_names, config, name=name)
+        self._hidden_outputs = hidden_outputs
+        self.layers = (
+            [
+                LayerMonitor(h, DriftMonitor(h.stats, h.unit_names, self.config, name=f"{name} {h.name}"))
+                for h in contract.hidden_stats
+            ]
+            if hidden_outputs is not None
+            else []
+        )
+
+    def update(self, x: np.ndarray) -> None:
+        """Fold a batch of served rows into the input statistics and each hidden layer's."""
+        super().update(x)
+        if not self.layers or not len(x):
+            return
+        assert self._hidden_outputs is not None
+        outputs = self._hidden_outputs(np.asarray(x, dtype=np.float32))
+        for layer, z in zip(self.layers, outputs, strict=True):
+            layer.monitor.update(z)
+
+    def reset(self) -> None:
+        """Forget every live row, inputs and hidden layers alike."""
+        super().reset()
+        for layer in self.layers:
+            layer.monitor.reset()
+
+    def report(self) -> dict[str, Any]:
+        """The input report plus ``layers``: per hidden layer its score, whether it drifts, its top units."""
+        rep = super().report()
+        rep["layers"] = [self._layer_report(layer) for layer in self.layers]
+        return rep
+
+    @staticmethod
+    def _layer_report(layer: LayerMonitor) -> dict[str, Any]:
+        rep = layer.monitor.report()
+        return {
+            "name": layer.stats.name,
+            "output": layer.stats.output,
+            "units": layer.stats.stats.n_columns,
+            "score": rep["score"],
+            "drifting": rep["drifting"],
+            "rows_effective": rep["rows_effective"],
+            "top_units": rep["top_features"],
+        }
+
+
+_LAYER_GAUGES = (
+    ("score", "bnserve_drift_layer_score", "Hidden-layer drift score: max over its units of PSI."),
+    (
+        "drifting",
+        "bnserve_drift_layer_drifting",
+        "1 if the layer's score is over the threshold on enough rows.",
+    ),
+)
+
+
+def register_layer_prometheus(
+    registry: Any,
+    monitors: Callable[[], Mapping[str | tuple[str, ...], DriftMonitor]],
+    *,
+    labels: Sequence[str] = ("model",),
+) -> Any:
+    """Register per-layer gauges (``bnserve_drift_layer_score{..., layer}``), read at scrape time from every
+    :class:`ModelDriftMonitor` among ``monitors`` (see :func:`service.drift.register_prometheus`)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    names = [*labels, "layer"]
+
+    class LayerCollector:
+        def describe(self) -> Iterator[Any]:
+            yield from (GaugeMetricFamily(name, doc, labels=names) for _, name, doc in _LAYER_GAUGES)
+
+        def collect(self) -> Iterator[Any]:
+            fams = [GaugeMetricFamily(name, doc, labels=names) for _, name, doc in _LAYER_GAUGES]
+            for key_values, monitor in monitors().items():
+                if not isinstance(monitor, ModelDriftMonitor):
+                    continue
+                values = [key_values] if isinstance(key_values, str) else list(key_values)
+                for layer in monitor.layers:
+                    rep = layer.monitor.report()
+                    for (key, _, _), fam in zip(_LAYER_GAUGES, fams, strict=True):
+                        fam.add_metric([*values, layer.stats.name], float(rep[key]))
+            yield from fams
+
+    collector = LayerCollector()
+    registry.register(collector)
+    return collector
