@@ -47,7 +47,8 @@ import onnx
 from onnx import numpy_helper
 
 import contract as C
-from training.data import DataError, _number, input_statistics
+from featurestats import input_statistics
+from training.data import DataError, _number
 from training.export import (
     TOLERANCE,
     Affine,

@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import contract as C
+from featurestats import input_statistics
 from training.fold import fold_batchnorm, fold_output_scale, fold_standardization
 from training.train import TrainedModel, TrainResult
 
@@ -312,7 +313,9 @@ def make_contract(result: TrainResult, extra: dict[str, Any] | None = None) -> C
         class_labels=list(data.class_labels),
         target_names=list(data.target_names),
         training=_json_safe(training),
-        hidden_stats=hidden_statistics(fold_model(result.model), ds.X[sp.train]),
+        hidden_stats=[]
+        if result.train_rows is None
+        else hidden_statistics(fold_model(result.model), result.train_rows),
     )
 
 

@@ -77,6 +77,8 @@ class TrainResult:
     metrics: dict[str, dict[str, float]]
     bn_gap: dict[str, Any] = field(default_factory=dict)
     config: TrainConfig = field(default_factory=TrainConfig)
+    # (train rows, F) raw features: export records each hidden layer's training distribution on them
+    train_rows: np.ndarray | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -248,4 +250,15 @@ def train(
 
     metrics = {name: evaluate(model, ds.X[idx], ds.y[idx]) for name, idx in asdict(sp).items()}
     held_out = ds.X[np.concatenate([sp.val, sp.test])]
-    return TrainResult(model, DataDescription.of(ds, sp), sp, held_out, history, best[1], metrics, gap, cfg)
+    return TrainResult(
+        model,
+        DataDescription.of(ds, sp),
+        sp,
+        held_out,
+        history,
+        best[1],
+        metrics,
+        gap,
+        cfg,
+        train_rows=ds.X[sp.train],
+    )

@@ -25,7 +25,7 @@ def exported(tmp_path_factory):
     ds = load_digits()
     res = train(ds, hidden=(32, 32), config=TrainConfig(epochs=10, seed=0), progress=False)
     repo = tmp_path_factory.mktemp("models")
-    rep = export(res, ds, repo, "digits")
+    rep = export(res, repo, "digits")
     return load_model("digits", 1, rep.path), ds, res.split
 
 

@@ -64,7 +64,7 @@ def accuracy(path: Path, X: np.ndarray, y: np.ndarray) -> float:
 def test_hidden_stats_match_a_numpy_forward_of_the_training_split(trained, digits):
     """The recorded per-unit statistics are BN's test-time output on the training split, computed here with
     the unfolded network (standardize -> Linear -> BatchNorm), not with the folded weights export uses."""
-    mc = E.make_contract(trained, digits)
+    mc = E.make_contract(trained)
     Xtr = digits.X[trained.split.train]
     zs = trained.model.net.hidden_preactivations(trained.model.standardizer(Xtr), training=False)
     assert [h.name for h in mc.hidden_stats] == ["layer0", "layer1"]
@@ -96,7 +96,7 @@ def test_hidden_stats_match_a_numpy_forward_of_the_training_split(trained, digit
 
 
 def test_served_graph_returns_hidden_outputs_only_when_asked(trained, digits):
-    mc = E.make_contract(trained, digits)
+    mc = E.make_contract(trained)
     folded = E.build_folded(E.fold_model(trained.model), mc, 1)
     sess = ort.InferenceSession(folded.SerializeToString(), providers=["CPUExecutionProvider"])
     X = digits.X[trained.split.test][:50]
@@ -114,7 +114,7 @@ def test_served_graph_returns_hidden_outputs_only_when_asked(trained, digits):
 
 
 def test_contract_rejects_bad_hidden_stats(trained, digits):
-    good = E.make_contract(trained, digits).to_metadata()
+    good = E.make_contract(trained).to_metadata()
     for value, message in [
         ("{}", "must be a JSON list"),
         ('[{"name": "layer0"}]', "output must be a non-empty string"),
@@ -155,7 +155,7 @@ def test_correction_matches_batchnorm_reestimated_on_the_network():
 def test_adapt_recovers_accuracy_on_shifted_digits(trained, digits, tmp_path):
     """On dimmed digits the served model drops to chance; adapting on unlabeled dimmed training rows brings it
     back. Measured with this model: 0.963 unshifted, 0.100 dimmed, 0.963 after adapting on 1000 rows."""
-    E.export(trained, digits, tmp_path / "models", "digits")
+    E.export(trained, tmp_path / "models", "digits")
     sp = trained.split
     rows = write_rows(tmp_path / "live.csv", digits.feature_names, dim(digits.X[sp.train][:1000]))
     r = run_adapt("--repository", str(tmp_path / "models"), "--name", "digits", "--rows", str(rows))
@@ -184,7 +184,7 @@ def test_adapt_recovers_accuracy_on_shifted_digits(trained, digits, tmp_path):
 
 def test_adapt_inputs_only_is_the_standardization(trained, digits):
     """With scope "inputs" only the first Gemm changes, and it equals refitting the standardizer's affine map."""
-    mc = E.make_contract(trained, digits)
+    mc = E.make_contract(trained)
     layers = E.fold_model(trained.model)
     X = dim(digits.X[trained.split.train])
     ad = A.adapt_layers(layers, mc.input_stats, mc.hidden_stats, X, mc.task, scope="inputs")
@@ -205,7 +205,7 @@ def test_adapt_inputs_only_is_the_standardization(trained, digits):
 @pytest.fixture(scope="module")
 def repo(trained, digits, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapt-refusals")
-    E.export(trained, digits, root / "models", "digits")
+    E.export(trained, root / "models", "digits")
     return root
 
 
@@ -232,7 +232,7 @@ def test_adapt_refuses_a_feature_mismatch(repo, digits):
 
 def test_adapt_refuses_a_model_without_batchnorm(digits, tmp_path):
     plain = train(digits, hidden=(16,), batchnorm=False, config=TrainConfig(epochs=2), progress=False)
-    E.export(plain, digits, tmp_path / "models", "plain")
+    E.export(plain, tmp_path / "models", "plain")
     rows = write_rows(tmp_path / "live.csv", digits.feature_names, digits.X[:200])
     r = run_adapt("--repository", str(tmp_path / "models"), "--name", "plain", "--rows", str(rows))
     assert r.returncode == 2 and "Traceback" not in r.stderr
