@@ -57,7 +57,10 @@ from training.export import (
     affine_forward,
     build_folded,
     hidden_statistics,
+    next_version,
+    triton_config,
     verify,
+    write_version,
 )
 
 #: Fewer adaptation rows than this are refused: below ~100 the per-unit standard deviations are too noisy
@@ -360,7 +363,7 @@ def adapt_version(
     adapted = adapt_layers(layers, mc.input_stats, mc.hidden_stats, X, mc.task, scope)
     before = _scores(X, mc.input_stats, mc.hidden_stats, affine_forward(layers, X)[:-1])
     hidden_after = hidden_statistics(adapted.layers, X)
-    new_version = newest + 1
+    new_version = next_version(model_dir)
     new_contract = C.ModelContract(
         task=mc.task,
         feature_names=mc.feature_names,
@@ -390,13 +393,7 @@ def adapt_version(
     after = _scores(adapted.inputs(X), mc.input_stats, mc.hidden_stats, adapted.hidden_outputs(X))
     del after["inputs"]
 
-    out_dir = model_dir / str(new_version)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=False)
-    except OSError as exc:
-        raise ExportError(f"cannot create {out_dir}: {exc.strerror or exc}") from None
-    out = out_dir / "model.onnx"
-    onnx.save(folded, str(out))
+    out = write_version(model_dir, new_version, folded, {}, triton_config(name, new_contract)) / "model.onnx"
     return AdaptReport(out, parent, new_version, len(X), before, after, report)
 
 

@@ -361,6 +361,37 @@ class ExportReport:
     unfolded_path: Path | None
 
 
+def write_version(
+    model_dir: Path, version: int, folded: onnx.ModelProto, files: dict[str, str], config_pbtxt: str
+) -> Path:
+    """Write ``<model_dir>/<version>/model.onnx`` (and ``files`` beside it) whole, or not at all; refuses to
+    overwrite a version. Returns the version's folder."""
+    out_dir = model_dir / str(version)
+    if out_dir.exists():
+        raise ExportError(f"{out_dir} exists already; refusing to overwrite a model version")
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        # The version is written whole into a hidden folder, then renamed into place in one step: a server
+        # polling the repository sees it complete or not at all.
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
+    except OSError as exc:
+        raise ExportError(f"cannot create {out_dir}: {exc.strerror}") from None
+    try:
+        onnx.save(folded, str(staging / "model.onnx"))
+        for file_name, text in files.items():
+            (staging / file_name).write_text(text)
+        # Triton keeps one config.pbtxt per model, beside the version folders; an existing one is kept, as it
+        # may carry the operator's version_policy.
+        config = model_dir / "config.pbtxt"
+        if not config.exists():
+            config.write_text(config_pbtxt)
+        os.rename(staging, out_dir)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ExportError(f"cannot write {out_dir}: {exc.strerror}") from None
+    return out_dir
+
+
 def export(
     result: TrainResult,
     repository: str | Path,
@@ -379,28 +410,10 @@ def export(
     unfolded = build_unfolded(result.model, contract, version)
     report = verify(folded, unfolded, result.model, result.held_out, tol)
 
-    out_dir = model_dir / str(version)
-    if out_dir.exists():
-        raise ExportError(f"{out_dir} exists already; refusing to overwrite a model version")
-    try:
-        model_dir.mkdir(parents=True, exist_ok=True)
-        # The version is written whole into a hidden folder, then renamed into place in one step: a server
-        # polling the repository sees it complete or not at all.
-        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
-    except OSError as exc:
-        raise ExportError(f"cannot create {out_dir}: {exc.strerror}") from None
-    try:
-        onnx.save(folded, str(staging / "model.onnx"))
-        (staging / "history.json").write_text(json.dumps(result.history, indent=1) + "\n")
-        # Triton keeps one config.pbtxt per model, beside the version folders; an existing one is kept, as it
-        # may carry the operator's version_policy.
-        config = model_dir / "config.pbtxt"
-        if not config.exists():
-            config.write_text(triton_config(name, contract))
-        os.rename(staging, out_dir)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ExportError(f"cannot write {out_dir}: {exc.strerror}") from None
+    history = json.dumps(result.history, indent=1) + "\n"
+    out_dir = write_version(
+        model_dir, version, folded, {"history.json": history}, triton_config(name, contract)
+    )
     path = out_dir / "model.onnx"
     if unfolded_path is not None:
         unfolded_path = Path(unfolded_path)
