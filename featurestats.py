@@ -20,10 +20,7 @@ def input_statistics(x: np.ndarray) -> InputStats:
     x = np.asarray(x, dtype=np.float64)
     qs = np.linspace(0.0, 1.0, N_BINS + 1)[1:-1]  # the 9 inner quantiles
     edges = np.quantile(x, qs, axis=0).T  # (F, 9)
-    freqs = np.empty((x.shape[1], N_BINS))  # (F, 10)
-    for j in range(x.shape[1]):
-        bins = np.searchsorted(edges[j], x[:, j], side="right")  # (n,)
-        freqs[j] = np.bincount(bins, minlength=N_BINS) / len(x)
+    freqs = bin_frequencies(x, edges)  # (F, 10)
     return InputStats(
         mean=x.mean(axis=0).tolist(),
         std=x.std(axis=0).tolist(),
@@ -31,3 +28,27 @@ def input_statistics(x: np.ndarray) -> InputStats:
         decile_freqs=freqs.tolist(),
         rows=len(x),
     )
+
+
+def bin_frequencies(x: np.ndarray, edges: np.ndarray | list[list[float]]) -> np.ndarray:
+    """The share of the rows of ``x`` ``(n, F)`` in each of the 10 bins the 9 ``edges`` per feature make."""
+    edges = np.asarray(edges, dtype=np.float64)  # (F, 9)
+    x = np.asarray(x, dtype=np.float64)
+    return np.stack(
+        [np.bincount(np.searchsorted(e, col, side="right"), minlength=N_BINS) for e, col in zip(edges, x.T)]
+    ) / len(x)  # (F, 10)
+
+
+def psi(live: np.ndarray, train: np.ndarray, epsilon: float = 1e-4) -> np.ndarray:
+    """Population stability index per row of two ``(F, B)`` tables of bin frequencies (rows sum to 1),
+    both smoothed by ``epsilon`` so that an empty bin adds a bounded term."""
+    b = live.shape[-1]
+    p = (live + epsilon) / (1.0 + b * epsilon)
+    q = (np.asarray(train) + epsilon) / (1.0 + b * epsilon)
+    return np.sum((p - q) * np.log(p / q), axis=-1)  # (F,)
+
+
+def sample_psi(x: np.ndarray, stats: InputStats, epsilon: float = 1e-4) -> np.ndarray:
+    """PSI per feature of a whole sample ``x`` ``(n, F)`` against reference statistics; its max is the
+    service's drift score for those rows (without the service's exponential forgetting)."""
+    return psi(bin_frequencies(x, stats.decile_edges), np.asarray(stats.decile_freqs), epsilon)

@@ -47,7 +47,7 @@ import onnx
 from onnx import numpy_helper
 
 import contract as C
-from featurestats import input_statistics
+from featurestats import input_statistics, sample_psi
 from training.data import DataError, _number
 from training.export import (
     TOLERANCE,
@@ -260,15 +260,9 @@ def read_rows(path: str | Path, feature_names: Sequence[str]) -> np.ndarray:
 # --- scores before adaptation -------------------------------------------------------------------------------
 
 
-def psi_score(X: np.ndarray, stats: C.InputStats, epsilon: float = 1e-4) -> float:
-    """Max over columns of the PSI of ``X``'s histogram on the reference deciles (the service's drift score)."""
-    edges = np.asarray(stats.decile_edges)  # (D, 9)
-    freqs = np.stack(
-        [np.bincount(np.searchsorted(e, col, side="right"), minlength=C.N_BINS) for e, col in zip(edges, X.T)]
-    ) / len(X)  # (D, 10)
-    p = (freqs + epsilon) / (1.0 + C.N_BINS * epsilon)
-    q = (np.asarray(stats.decile_freqs) + epsilon) / (1.0 + C.N_BINS * epsilon)
-    return float(np.max(np.sum((p - q) * np.log(p / q), axis=1)))
+def psi_score(X: np.ndarray, stats: C.InputStats) -> float:
+    """The drift score of rows ``X`` against reference statistics: the max over columns of their PSI."""
+    return float(sample_psi(X, stats).max())
 
 
 # --- the new version ----------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def test_tritonclient(server: LiveServer, reference: ReferenceEvaluator, binary:
         )
         result = client.infer("digits", [inp], outputs=outputs, request_id="t-1")
         assert result.get_response()["id"] == "t-1"
-        want_p, want_k = reference.run(None, {"input": x})
+        want_p, want_k = reference.run(["probabilities", "label"], {"input": x})
         np.testing.assert_allclose(result.as_numpy("probabilities"), want_p, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(result.as_numpy("label"), want_k)
 
@@ -154,7 +154,7 @@ def test_curl(server: LiveServer, reference: ReferenceEvaluator) -> None:
         check=True,
     ).stdout
     predictions = json.loads(out)["predictions"]
-    want_p, want_k = reference.run(None, {"input": x})
+    want_p, want_k = reference.run(["probabilities", "label"], {"input": x})
     assert [p["label"] for p in predictions] == want_k.tolist()
     np.testing.assert_allclose(
         [list(p["probabilities"].values()) for p in predictions], want_p, rtol=1e-5, atol=1e-6
