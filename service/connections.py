@@ -1,0 +1,232 @@
+"""Bounded HTTP/1.1 connections: uvicorn's httptools protocol with the limits httptools does not have.
+
+httptools accumulates a header of any size (with a cost that grows quadratically in its length) and uvicorn
+starts no timer before a request's headers are complete, so one client could hold memory, a CPU and a file
+descriptor for as long as it liked. :class:`BoundedHttpToolsProtocol` adds, per connection:
+
+* a **header size limit**: the request line and headers together may take ``max_header_bytes``; beyond that
+  the client gets ``431`` and the connection is closed. At most one read (256 KiB) past the limit is parsed.
+* a **header timeout**: from the first byte of a request (or from the connection's opening) its headers must
+  be complete within ``header_timeout`` seconds, else ``408`` and close;
+* a **body timeout**: the whole body must have arrived ``body_timeout`` seconds after the headers, else the
+  connection is closed (the route sees the client gone: status 499);
+* a **connection cap**: with ``max_connections`` open in this process, a new connection first evicts the
+  least recently active connection that is not waiting for a response (idle, or still sending its headers
+  or body), so that slow or stalled clients cannot lock out a health probe; only when every connection has a
+  request in progress is the new one refused with ``503`` and closed.
+
+Every close for one of these reasons is counted in :data:`CLOSED` (``bnserve_connections_closed_total``).
+The class is given to uvicorn as ``http=functools.partial(BoundedHttpToolsProtocol, limits=...)``: the
+partial pickles, so worker processes get it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+#: Connections closed by this process, by reason (header_too_large, header_timeout, body_timeout, evicted,
+#: refused). Read by the metrics at scrape time.
+CLOSED: Counter[str] = Counter()
+
+#: File descriptors kept free of connections: the listening socket, model files, log files, the threads'.
+FD_RESERVE = 64
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one connection may cost; see the module docstring."""
+
+    max_header_bytes: int = 32 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 1000
+
+
+def connection_cap(requested: int) -> int:
+    """``requested``, lowered to what the open-files limit allows (raising the soft limit to the hard one).
+
+    Beyond the file limit ``accept`` fails and the server cannot even refuse politely, so the cap must stay
+    below it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = requested + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):  # not allowed here: live with the soft limit
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return requested
+    return max(1, min(requested, soft - FD_RESERVE))
+
+
+def _response(status: int, reason: str, message: str) -> bytes:
+    """A complete ``Connection: close`` response with the service's JSON error body."""
+    body = orjson.dumps({"error": message})
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header size limit, header and body timeouts and a connection cap."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: ConnectionLimits | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits = limits or ConnectionLimits()
+        self._awaiting_headers = True  # between requests, or inside a request line / headers
+        self._header_bytes = 0  # received since the current request began, while its headers are incomplete
+        self._deadline: asyncio.TimerHandle | None = None
+        self._last_activity = self.loop.time()
+        self._refused = False  # turned away by the connection cap
+        self._rejected = False  # its headers were too large: what else it sends is ignored
+
+    # ---- connection ----------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.limits.max_connections and not self._evict_one():
+            self._refused = True
+            self.transport = transport
+            CLOSED["refused"] += 1
+            transport.write(
+                _response(
+                    503,
+                    "Service Unavailable",
+                    f"too many open connections (limit {self.limits.max_connections}); retry later",
+                )
+            )
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._arm(self.limits.header_timeout, self._header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._refused:
+            return
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._last_activity = self.loop.time()
+        if self._awaiting_headers:
+            if self._deadline is None:  # the first bytes of a request on a kept-alive connection
+                self._arm(self.limits.header_timeout, self._header_timeout)
+            self._header_bytes += len(data)
+        super().data_received(data)
+        if (
+            self._awaiting_headers
+            and self._header_bytes > self.limits.max_header_bytes
+            and not self.transport.is_closing()
+        ):
+            self._close("header_too_large", self._header_error())
+
+    def _header_error(self) -> bytes | None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            return None  # a pipelined request's response is being written: no second one in the middle
+        return _response(
+            431,
+            "Request Header Fields Too Large",
+            f"the request line and headers exceed the limit of {self.limits.max_header_bytes} bytes",
+        )
+
+    # ---- parser callbacks ------------------------------------------------------------------------------------
+    def on_headers_complete(self) -> None:
+        self._awaiting_headers = False
+        self._header_bytes = 0
+        # Headers that arrived in one read were parsed before data_received could count them: count exactly.
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.limits.max_header_bytes:
+            self._rejected = True
+            self._close("header_too_large", self._header_error())
+            return
+        super().on_headers_complete()
+        self._arm(self.limits.body_timeout, self._body_timeout)
+
+    def on_body(self, body: bytes) -> None:
+        if not self._rejected:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._rejected:
+            return
+        super().on_message_complete()
+        self._disarm()
+        self._awaiting_headers = True
+
+    # ---- timers ----------------------------------------------------------------------------------------------
+    def _arm(self, seconds: float, callback: Any) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _header_timeout(self) -> None:
+        self._deadline = None
+        if not self._awaiting_headers or self.transport.is_closing():
+            return
+        if self._header_bytes == 0 and self.cycle is not None:
+            return  # an idle kept-alive connection: uvicorn's keep-alive timer owns it
+        message = None
+        if self._header_bytes:
+            message = _response(
+                408,
+                "Request Timeout",
+                f"the request headers did not arrive within {self.limits.header_timeout:g} s",
+            )
+        self._close("header_timeout", message)
+
+    def _body_timeout(self) -> None:
+        self._deadline = None
+        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+            self._close("body_timeout", None)  # the route sees the client gone (499)
+
+    def _close(self, reason: str, message: bytes | None) -> None:
+        CLOSED[reason] += 1
+        if message is not None:
+            self.transport.write(message)
+        self.transport.close()
+
+    # ---- the cap -------------------------------------------------------------------------------------------
+    def _evictable(self) -> bool:
+        """Idle, or still sending its request: nothing of ours is lost by closing it."""
+        if self._refused or self.transport is None or self.transport.is_closing():
+            return False
+        cycle = self.cycle
+        return cycle is None or cycle.response_complete or cycle.more_body
+
+    def _evict_one(self) -> bool:
+        """Close the least recently active evictable connection; False when there is none."""
+        candidates = [
+            c for c in self.connections if isinstance(c, BoundedHttpToolsProtocol) and c._evictable()
+        ]
+        if not candidates:
+            return False
+        victim = min(candidates, key=lambda c: c._last_activity)
+        victim._disarm()
+        victim._close("evicted", None)
+        self.connections.discard(victim)
+        return True
