@@ -34,11 +34,11 @@ def cgroup_quota(root: Path = CGROUP_ROOT) -> float | None:
     for path in candidates:
         text = _read(path)
         if text:
-            quota, _, period = text.partition(" ")
-            if quota == "max":
+            limit, _, interval = text.partition(" ")
+            if limit == "max":
                 return None
             try:
-                return int(quota) / int(period or "100000")
+                return int(limit) / int(interval or "100000")
             except ValueError:
                 return None
     quota_text = _read(root / "cpu" / "cpu.cfs_quota_us") or _read(root / "cpu,cpuacct" / "cpu.cfs_quota_us")
