@@ -52,12 +52,16 @@ histogram rests on ``min_rows`` effective rows.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
+import mmap
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -134,7 +138,10 @@ class DriftMonitor:
         config: DriftConfig | None = None,
         *,
         name: str = "model",
+        shared: Path | None = None,
     ) -> None:
+        """``shared``: a file holding the live statistics, for every process that names it (one model, many
+        workers: one estimate); created on first use. ``None`` keeps them in this process."""
         self.config = config or DriftConfig()
         self.name = name
         self.feature_names = list(feature_names)
@@ -164,8 +171,22 @@ class DriftMonitor:
         self._edges_t32 = np.where(e32 < self._edges_t, np.nextafter(e32, np.float32(np.inf)), e32)
         self._moments = _Decay(self.config.horizon_rows)
         self._window = _Decay(self.config.window_rows)
-        self._lock = threading.Lock()
-        self._reset_state()
+        # The whole mutable state is one float64 vector, so that several processes can share it (a file they
+        # all map, ``shared``): [rows, rows_nonfinite, since, last_check, armed, moment sums (2F), exceedances
+        # (9F)]. Row counts as float64 stay exact up to 2**53 rows.
+        size = _HEAD + 2 * f + (N_BINS - 1) * f
+        if shared is None:
+            self._state = np.zeros(size)
+            self._lock: Any = threading.Lock()
+            self._reset_state()
+        else:
+            self._lock = _FileLock(shared, size * 8)
+            self._state = np.frombuffer(self._lock.map, dtype=np.float64, count=size)
+            with self._lock:
+                if self._state[_SINCE] == 0:  # the first process to map the file starts the clock
+                    self._reset_state()
+        self._moments_sums = self._state[_HEAD : _HEAD + 2 * f]  # (2F,) views into the state
+        self._exceed = self._state[_HEAD + 2 * f :]  # (9F,)
 
     @classmethod
     def from_contract(
@@ -175,16 +196,13 @@ class DriftMonitor:
         return cls(contract.input_stats, contract.feature_names, config, name=name)
 
     def _reset_state(self) -> None:
-        f = self.n_features
-        self._rows = 0  # rows seen since the last reset
-        self._rows_nonfinite = 0  # rows dropped for NaN or infinity
-        # sum_i w_i d_i then sum_i w_i d_i^2, d = x - mean_train. The sums of the weights themselves depend
-        # only on the row count, in closed form (_Decay.sums).
-        self._moments_sums = np.zeros(2 * f)  # (2F,)
-        self._exceed = np.zeros((N_BINS - 1) * f)  # sum_i w_i [x_ij >= edge_kj], flat (9 * F,)
-        self._armed = True  # whether crossing the threshold will log a warning
-        self._last_check = 0
-        self._since = time.time()
+        """Zero rows; called with the lock held (or before anyone else can see the state)."""
+        # rows seen since the last reset, rows dropped for NaN or infinity, then sum_i w_i d_i and
+        # sum_i w_i d_i^2 (d = x - mean_train; the sums of the weights depend only on the row count, in closed
+        # form: _Decay.sums), then sum_i w_i [x_ij >= edge_kj] flat (9 * F,)
+        self._state[:] = 0.0
+        self._state[_ARMED] = 1.0  # whether crossing the threshold will log a warning
+        self._state[_SINCE] = time.time()
 
     def reset(self) -> None:
         """Forget every live row (for operators, once they have acted on a drift); re-arms the warning."""
@@ -213,26 +231,28 @@ class DriftMonitor:
             ge = x[:, None, :] >= (self._edges_t32 if x.dtype == np.float32 else self._edges_t)  # (n, 9, F)
             exceed = self._window.weights(n) @ ge.reshape(n, -1).astype(np.float64)  # (9 * F,)
             a, ah = self._moments.lam**n, self._window.lam**n
+        state = self._state
         with self._lock:
-            self._rows_nonfinite += dropped
+            state[_NONFINITE] += dropped
             if n:
-                self._rows += n
+                state[_ROWS] += n
                 self._moments_sums *= a
                 self._moments_sums += moments
                 self._exceed *= ah
                 self._exceed += exceed
-            check = self._rows - self._last_check >= self.config.check_every_rows
+            check = state[_ROWS] - state[_LAST_CHECK] >= self.config.check_every_rows
             if check:
-                self._last_check = self._rows
+                state[_LAST_CHECK] = state[_ROWS]
         if check:
             self._alarm(self._estimate())
 
     def _estimate(self) -> _Estimate:
         """Scores from a consistent snapshot of the state (copied under the lock, computed outside it)."""
         with self._lock:
-            rows, nonfinite, since = self._rows, self._rows_nonfinite, self._since
-            moments, exceed = self._moments_sums.copy(), self._exceed.copy()
+            snapshot = self._state.copy()
+        rows, nonfinite, since = int(snapshot[_ROWS]), int(snapshot[_NONFINITE]), float(snapshot[_SINCE])
         f = self.n_features
+        moments, exceed = snapshot[_HEAD : _HEAD + 2 * f], snapshot[_HEAD + 2 * f :]
         if not rows:
             zeros = np.zeros(f)
             return _Estimate(rows, nonfinite, since, 0.0, 0.0, None, None, zeros, zeros, 0.0, False)
@@ -308,12 +328,14 @@ class DriftMonitor:
 
     def _alarm(self, est: _Estimate) -> None:
         """Log one warning per crossing of the threshold; re-arm once the score has fallen back."""
+        state = self._state
         with self._lock:
-            fire = est.drifting and self._armed and est.since == self._since  # not across a reset
+            armed = bool(state[_ARMED])
+            fire = est.drifting and armed and est.since == state[_SINCE]  # not across a reset
             if fire:
-                self._armed = False
-            elif not self._armed and est.score < self.config.rearm_ratio * self.config.threshold:
-                self._armed = True
+                state[_ARMED] = 0.0
+            elif not armed and est.score < self.config.rearm_ratio * self.config.threshold:
+                state[_ARMED] = 1.0
         if fire:
             logger.warning(
                 "model %r: input drift score %.3f crossed the threshold %.3f (on %.0f effective rows, "
@@ -325,6 +347,37 @@ class DriftMonitor:
                 est.rows,
                 ", ".join(self.feature_names[j] for j in self._top(est)),
             )
+
+
+# Layout of DriftMonitor._state: five scalars, then the sums.
+_ROWS, _NONFINITE, _SINCE, _LAST_CHECK, _ARMED, _HEAD = range(6)
+
+
+class _FileLock:
+    """A file of ``size`` bytes mapped into memory, and a lock across threads (a mutex) and processes (flock).
+
+    The file is created zero-filled if missing; every process that opens the same path sees the same bytes.
+    """
+
+    def __init__(self, path: Path, size: int) -> None:
+        self._thread_lock = threading.Lock()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(self._fd).st_size != size:  # new (or from another model layout): start from zeros
+                os.ftruncate(self._fd, 0)
+                os.ftruncate(self._fd, size)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self.map = mmap.mmap(self._fd, size)
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread_lock.release()
 
 
 class _Decay:

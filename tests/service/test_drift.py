@@ -388,3 +388,38 @@ def test_prometheus_gauges(digits) -> None:
     assert f'bnserve_drift_rows_seen{{model="digits"}} {float(len(held_out))!r}' in text
     name = rep["top_features"][0]["name"]
     assert f'bnserve_drift_feature_psi{{feature="{name}",model="digits"}}' in text
+
+
+def _update_in_another_process(path: str, stats: InputStats, x: np.ndarray) -> None:
+    DriftMonitor(stats, names(x.shape[1]), shared=Path(path)).update(x)
+
+
+def test_a_shared_file_gives_one_estimate_across_processes(tmp_path: Path) -> None:
+    """Rows served by another process and by this one add up to what one monitor seeing all of them reports."""
+    import multiprocessing
+
+    rng = np.random.default_rng(7)
+    stats = reference_stats(synthetic(rng, 2000))
+    first, second = synthetic(rng, 300) + 0.5, synthetic(rng, 200)
+    path = tmp_path / "digits-1.drift"
+    here = DriftMonitor(stats, names(8), shared=path)
+    worker = multiprocessing.get_context("spawn").Process(
+        target=_update_in_another_process, args=(str(path), stats, first)
+    )
+    worker.start()
+    worker.join(60)
+    assert worker.exitcode == 0
+    here.update(second)
+    alone = DriftMonitor(stats, names(8))
+    alone.update(first)
+    alone.update(second)
+    got, expected = here.report(), alone.report()
+    assert got["rows_seen"] == 500
+    for key in ("score", "rows_effective", "rows_effective_moments"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-12)
+    for a, b in zip(got["features"], expected["features"], strict=True):
+        assert a["psi"] == pytest.approx(b["psi"], rel=1e-12, abs=1e-15)
+        assert a["mean_live"] == pytest.approx(b["mean_live"], rel=1e-12)
+    # A reset through one monitor is seen by every other one on the file.
+    DriftMonitor(stats, names(8), shared=path).reset()
+    assert here.report()["rows_seen"] == 0
