@@ -1,7 +1,8 @@
 """One loaded model: an onnxruntime session plus its contract. No FastAPI, no protocol here.
 
 A :class:`ModelRuntime` is built once, at start-up, by :func:`load_model`, which checks that the graph and the
-contract agree (tensor names, widths, dtypes) and runs one row through the session before accepting it.
+contract agree (tensor names, widths, dtypes) and runs probe rows built from the training statistics
+through the session, checking its outputs keep the contract's promises, before accepting it.
 Everything a request needs (tensor specs, label tables) is computed here, so per-request work is one
 ``session.run`` and a finiteness check.
 """
@@ -119,7 +120,7 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
 
 
 def load_model(name: str, version: int, path: Path, intra_op_threads: int = 1) -> ModelRuntime:
-    """Open ``path`` with onnxruntime, check it against its contract, and run one row; :class:`ModelLoadError`."""
+    """Open ``path`` with onnxruntime, check it against its contract, and run the probe rows; :class:`ModelLoadError`."""
     if not path.exists():
         raise ModelLoadError(path, "file is missing")
     if not path.is_file():
@@ -220,20 +221,82 @@ def _check_graph(
     return TensorSpec(contract.INPUT_NAME, "FP32", (-1, mc.n_features)), tuple(specs)
 
 
+def probe_rows(stats: contract.InputStats) -> np.ndarray:
+    """Rows spanning the training distribution: its mean, mean +- 2 std, and each decile edge of every
+    feature at once (12 rows, float32 ``(12, F)``), so that a check sees more than one region of the input."""
+    mean = np.asarray(stats.mean, dtype=np.float64)  # (F,)
+    std = np.asarray(stats.std, dtype=np.float64)  # (F,)
+    edges = np.asarray(stats.decile_edges, dtype=np.float64).T  # (9, F)
+    return np.vstack([mean, mean - 2 * std, mean + 2 * std, edges]).astype(np.float32)  # (12, F)
+
+
 def _smoke_test(
     session: ort.InferenceSession, mc: contract.ModelContract, specs: Sequence[TensorSpec]
 ) -> None:
-    """Run two rows (the training means) so that a graph whose symbolic shapes hide a mismatch fails now."""
-    x = np.tile(np.asarray(mc.input_stats.mean, dtype=np.float32), (2, 1))  # (2, F)
+    """Run the probe rows: a graph whose symbolic shapes hide a mismatch, or whose outputs break the promises
+    of the contract (a label that is not the argmax of a probability distribution over the classes), fails
+    now rather than on a request."""
+    x = probe_rows(mc.input_stats)  # (R, F)
     try:
         results = session.run([s.name for s in specs], {contract.INPUT_NAME: x})
     except Exception as exc:
         raise ValueError(
             f"a test inference on {mc.n_features} features failed ({_ort_reason(exc)})"
         ) from None
+    rows = len(x)
     for spec, value in zip(specs, results):
-        expected = (2, *spec.shape[1:])
+        expected = (rows, *spec.shape[1:])
         if value.shape != expected:
             raise ValueError(
-                f"output {spec.name!r} has shape {list(value.shape)} for 2 rows, expected {list(expected)}"
+                f"output {spec.name!r} has shape {list(value.shape)} for {rows} rows, expected {list(expected)}"
             )
+    outputs = dict(zip((s.name for s in specs), results))
+    for name, value in outputs.items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            row = int(np.argwhere(~np.isfinite(value))[0][0])
+            raise ValueError(
+                f"output {name!r} is not finite for probe row {row} (built from the training statistics)"
+            )
+    if mc.task == contract.TASK_CLASSIFICATION:
+        _check_classifier(
+            outputs[contract.OUTPUT_PROBABILITIES], outputs[contract.OUTPUT_LABEL], mc.n_outputs
+        )
+
+
+#: How far probabilities may stray from a distribution in float32 (a softmax of 1000 classes sums to 1 +- 1e-6).
+_PROBABILITY_TOLERANCE = 1e-4
+
+
+def _check_classifier(probabilities: np.ndarray, labels: np.ndarray, n_classes: int) -> None:
+    """Probabilities (R, C) form a distribution per row; labels (R,) index the classes and pick a most likely one."""
+    low, high = float(probabilities.min()), float(probabilities.max())
+    if low < -_PROBABILITY_TOLERANCE or high > 1 + _PROBABILITY_TOLERANCE:
+        row = int(
+            np.argwhere(
+                (probabilities < -_PROBABILITY_TOLERANCE) | (probabilities > 1 + _PROBABILITY_TOLERANCE)
+            )[0][0]
+        )
+        raise ValueError(
+            f"output 'probabilities' has values outside [0, 1] for probe row {row} "
+            f"(min {low:.4g}, max {high:.4g}): not probabilities (is the Softmax missing?)"
+        )
+    sums = probabilities.sum(axis=1, dtype=np.float64)  # (R,)
+    bad = np.abs(sums - 1.0) > _PROBABILITY_TOLERANCE
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(f"output 'probabilities' sums to {sums[row]:.6g} for probe row {row}, expected 1")
+    outside = (labels < 0) | (labels >= n_classes)
+    if outside.any():
+        row = int(np.argmax(outside))
+        raise ValueError(
+            f"output 'label' is {int(labels[row])} for probe row {row}, not a class index 0..{n_classes - 1}"
+        )
+    chosen = probabilities[np.arange(len(labels)), labels]  # (R,)
+    best = probabilities.max(axis=1)  # (R,)
+    wrong = chosen < best - _PROBABILITY_TOLERANCE  # a tie may pick either of the top classes
+    if wrong.any():
+        row = int(np.argmax(wrong))
+        raise ValueError(
+            f"output 'label' is {int(labels[row])} for probe row {row} but the most likely class is "
+            f"{int(np.argmax(probabilities[row]))}: the label must be the argmax of the probabilities"
+        )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
-from service.errors import BadRequest
+import contract
+from service.errors import BadRequest, ModelLoadError
 from service.repository import load_repository
-from service.runtime import load_model
-from tests.service.conftest import Repo
+from service.runtime import load_model, probe_rows
+from tests.service.conftest import IRIS_FEATURES, Repo, make_contract, write_model
 
 
 def test_runtime_matches_the_closed_form(repo: Repo) -> None:
@@ -52,3 +56,83 @@ def test_load_model_reads_the_contract_and_the_tensor_specs(repo: Repo) -> None:
         {"name": "prediction", "datatype": "FP32", "shape": [-1, 1]}
     ]
     assert not model.is_classification and model.n_features == 3
+
+
+def _foreign_classifier(tmp_path: Path, tail: str) -> Path:
+    """A 3-class classifier whose graph breaks one promise of the contract, written with a valid contract."""
+    f, k = 4, 3
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(f, k)).astype(np.float32)
+    b = np.zeros(k, np.float32)
+    mc = make_contract(contract.TASK_CLASSIFICATION, IRIS_FEATURES, ["a", "b", "c"], rng)
+    inits = [numpy_helper.from_array(W, "W"), numpy_helper.from_array(b, "B")]
+    inits.append(numpy_helper.from_array(np.array(100, np.int64), "hundred"))
+    nodes = [helper.make_node("Gemm", ["input", "W", "B"], ["logits"])]
+    if tail == "no softmax":  # raw logits served as "probabilities"
+        nodes.append(helper.make_node("Identity", ["logits"], ["probabilities"]))
+    else:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
+    nodes.append(helper.make_node("ArgMax", ["probabilities"], ["argmax"], axis=1, keepdims=0))
+    if tail == "label + 100":
+        nodes.append(helper.make_node("Add", ["argmax", "hundred"], ["label"]))
+    elif tail == "argmin label":
+        nodes.append(helper.make_node("ArgMin", ["probabilities"], ["label"], axis=1, keepdims=0))
+    elif tail == "constant -1":  # argmax * 0 - 1: -1 of the batch's shape
+        nodes.append(helper.make_node("Mul", ["argmax", "zero"], ["nothing"]))
+        nodes.append(helper.make_node("Sub", ["nothing", "one"], ["label"]))
+        inits.append(numpy_helper.from_array(np.array(0, np.int64), "zero"))
+        inits.append(numpy_helper.from_array(np.array(1, np.int64), "one"))
+    else:
+        nodes.append(helper.make_node("Identity", ["argmax"], ["label"]))
+    graph = helper.make_graph(
+        nodes,
+        "foreign",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", f])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", k]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+        ],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, mc.to_metadata())
+    return write_model(tmp_path, "foreign", 1, model)
+
+
+@pytest.mark.parametrize(
+    ("tail", "problem"),
+    [
+        ("label + 100", "output 'label' is 10"),  # 100..102 for probe row 0: not a class index
+        ("constant -1", "output 'label' is -1 for probe row 0, not a class index 0..2"),
+        ("argmin label", "the label must be the argmax of the probabilities"),
+        ("no softmax", "output 'probabilities'"),
+    ],
+)
+def test_a_model_whose_outputs_break_the_contract_is_refused_at_load(
+    tmp_path: Path, tail: str, problem: str
+) -> None:
+    path = _foreign_classifier(tmp_path, tail)
+    with pytest.raises(ModelLoadError) as info:
+        load_model("foreign", 1, path)
+    message = str(info.value)
+    assert problem in message and "\n" not in message
+    assert message.startswith(str(path))
+
+
+def test_a_faithful_foreign_classifier_loads(tmp_path: Path) -> None:
+    load_model("foreign", 1, _foreign_classifier(tmp_path, "argmax label"))
+
+
+def test_probe_rows_come_from_the_training_statistics() -> None:
+    stats = contract.InputStats(
+        mean=[1.0, 2.0],
+        std=[0.5, 1.0],
+        decile_edges=[[float(i) for i in range(9)], [float(10 * i) for i in range(9)]],
+        decile_freqs=[[0.1] * 10, [0.1] * 10],
+        rows=100,
+    )
+    x = probe_rows(stats)
+    assert x.dtype == np.float32 and x.shape == (12, 2)
+    np.testing.assert_array_equal(x[:3], [[1.0, 2.0], [0.0, 0.0], [2.0, 4.0]])
+    np.testing.assert_array_equal(x[3:, 1], [10.0 * i for i in range(9)])
