@@ -101,7 +101,11 @@ class Tracing:
 
     @classmethod
     def from_env(cls, version: str, environ: Mapping[str, str] | None = None) -> Tracing | None:
-        """The tracing ``environ`` (default: the process environment) asks for, or ``None``; :class:`TracingError`."""
+        """The tracing ``environ`` asks for, or ``None``; :class:`TracingError`.
+
+        ``environ`` (default: the process environment) decides whether and what to export; the SDK reads the
+        rest of the OTEL_* variables from the process environment itself.
+        """
         env = os.environ if environ is None else environ
         if not requested(env):
             return None
