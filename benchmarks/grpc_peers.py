@@ -11,7 +11,7 @@ Triton comes from ``../shared/tools/peers`` (``setup`` installs it under ``PEERS
 ``/var/tmp/bnserve-peers``): its python-backend ``digits`` model, dynamic batching on, started as that
 directory's ``bench`` starts it, with a gRPC port.
 
-    python benchmarks/grpc_peers.py [--seconds 5] [--batches 1,64] [--streams 1,8,32] [--only bnserve,triton]
+    python -m benchmarks.grpc_peers [--seconds 5] [--batches 1,64] [--streams 1,8,32] [--only bnserve,triton]
 """
 
 from __future__ import annotations
@@ -19,22 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import sysconfig
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from service import proto  # noqa: E402
+from benchmarks.harness import LiveServer, free_port
+from service import proto
 
 CACHE = Path(os.environ.get("PEERS_CACHE", "/var/tmp/bnserve-peers"))
 ROW = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0, 0, 8, 8, 0]
@@ -42,46 +35,27 @@ ROW += [0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10, 12, 0
 INFER = proto.method_path("ModelInfer")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def commands(http: int, grpc: int) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """How each server is started, listening on ``http`` and ``grpc``."""
+def start(name: str, http: int, grpc: int) -> LiveServer:
+    """Server ``name`` (bnserve or triton) listening on ``http`` and ``grpc``; not ready yet."""
+    if name == "bnserve":
+        return LiveServer("--grpc-port", str(grpc), port=http, name=name)
+    if name != "triton":
+        raise ValueError(f"unknown server {name!r}: bnserve or triton")
     triton = CACHE / "ptx/pytriton/tritonserver"
-    return {
-        "bnserve": (
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(http),
-                "--grpc-port",
-                str(grpc),
-            ],
-            {},
-        ),
-        "triton": (
-            [
-                str(triton / "bin/tritonserver"),
-                f"--model-repository={CACHE / 'triton-repo'}",
-                f"--backend-directory={triton / 'backends'}",
-                "--http-address=127.0.0.1",
-                "--grpc-address=127.0.0.1",
-                "--metrics-address=127.0.0.1",
-                f"--http-port={http}",
-                f"--grpc-port={grpc}",
-                f"--metrics-port={free_port()}",
-                "--log-verbose=0",
-            ],
-            {"LD_LIBRARY_PATH": sysconfig.get_config_var("LIBDIR") or ""},
-        ),
-    }
+    command = [
+        str(triton / "bin/tritonserver"),
+        f"--model-repository={CACHE / 'triton-repo'}",
+        f"--backend-directory={triton / 'backends'}",
+        "--http-address=127.0.0.1",
+        "--grpc-address=127.0.0.1",
+        "--metrics-address=127.0.0.1",
+        f"--http-port={http}",
+        f"--grpc-port={grpc}",
+        f"--metrics-port={free_port()}",
+        "--log-verbose=0",
+    ]
+    env = {"LD_LIBRARY_PATH": sysconfig.get_config_var("LIBDIR") or ""}
+    return LiveServer(command=command, port=http, env=env, name=name)
 
 
 def request_bytes(batch: int) -> bytes:
@@ -131,33 +105,6 @@ async def drive(address: str, batch: int, streams: int, seconds: float) -> tuple
     return len(latencies) / elapsed, q[49] * 1e3, q[98] * 1e3, failed
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited with status {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError("not ready in time")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group, SIGKILL after 20 s."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -169,18 +116,10 @@ def main() -> None:
     print("| server | batch | streams | req/s | rows/s | p50 ms | p99 ms | failed |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.only.split(","):
-        http, grpc_port = free_port(), free_port()
-        argv, env = commands(http, grpc_port)[name]
-        proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env={**{k: v for k, v in os.environ.items() if not k.startswith("BNSERVE_")}, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        grpc_port = free_port()
+        server = start(name, free_port(), grpc_port)
         try:
-            wait_ready(http, proc)
+            server.wait_ready(timeout=120)
             address = f"127.0.0.1:{grpc_port}"
             asyncio.run(drive(address, 1, 8, 1.0))  # warm-up
             for batch in map(int, args.batches.split(",")):
@@ -196,7 +135,7 @@ def main() -> None:
         except Exception as exc:
             print(f"| {name} | | | did not run: {exc} | | | | |", flush=True)
         finally:
-            stop(proc)
+            server.stop()
     if "bnserve" in args.only and "triton" in args.only:
         print("\nbnserve / triton (same batch and streams): throughput, p99")
         for (name, batch, streams), r in results.items():
