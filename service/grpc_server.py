@@ -9,12 +9,12 @@ RPCs, and the HTTP-equivalent status so that one alert covers both), the same ac
 request ids (``x-request-id`` metadata in, trailing metadata out).
 
 Errors are the typed errors of :mod:`service.errors`, sent as the gRPC status of their class with their
-message: 400 -> INVALID_ARGUMENT, 401 -> UNAUTHENTICATED, 404 -> NOT_FOUND, 413 -> RESOURCE_EXHAUSTED,
-503 -> UNAVAILABLE, anything unexpected -> INTERNAL with the request id. Messages larger than
+message: 400 -> INVALID_ARGUMENT, 401 -> UNAUTHENTICATED, 403 -> PERMISSION_DENIED, 404 -> NOT_FOUND,
+413 -> RESOURCE_EXHAUSTED, 503 -> UNAVAILABLE, anything unexpected -> INTERNAL with the request id. Messages larger than
 ``max_body_bytes`` are refused by gRPC itself (RESOURCE_EXHAUSTED) before they are read.
 
 Repository RPCs (RepositoryIndex / Load / Unload) answer through a :class:`RepositoryApi` when one is given
-(the model lifecycle provides it), and are UNIMPLEMENTED otherwise.
+(``service.lifecycle.ModelManager``), and are UNIMPLEMENTED otherwise.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ access_log = logging.getLogger("bnserve.access")
 GRPC_CODES: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
@@ -73,18 +74,18 @@ class ServiceView(Protocol):
 
 
 class RepositoryApi(Protocol):
-    """The model repository extension's logic, provided by the model lifecycle (issue 17)."""
+    """The model repository extension's logic (``service.lifecycle.ModelManager``); blocking, typed errors."""
 
-    def index(self, ready_only: bool) -> list[tuple[str, str, str, str]]:
-        """(name, version, state, reason) of every model version."""
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Every model version with ``name``, ``version``, ``state`` and ``reason``."""
         ...
 
-    async def load(self, name: str) -> None:
-        """Load or reload model ``name``; typed errors."""
+    def load(self, name: str) -> None:
+        """Load or reload model ``name``."""
         ...
 
-    async def unload(self, name: str) -> None:
-        """Unload model ``name``; typed errors."""
+    def unload(self, name: str) -> None:
+        """Stop serving model ``name``."""
         ...
 
 
@@ -154,23 +155,22 @@ class InferenceServicer:
         with step(trace, "encode"):
             return v2_grpc.encode_infer_response(model, decoded, results)
 
+    # The repository API scans the disk and loads models: blocking work, on a worker thread.
     async def RepositoryIndex(self, request: Any, info: CallInfo, trace: RequestTrace | None) -> Any:
         assert self.repository_api is not None
-        rows = self.repository_api.index(request.ready)
-        return proto.RepositoryIndexResponse(
-            models=[{"name": n, "version": v, "state": s, "reason": r} for n, v, s, r in rows]
-        )
+        entries = await asyncio.to_thread(self.repository_api.index, request.ready)
+        return proto.RepositoryIndexResponse(models=entries)
 
     async def RepositoryModelLoad(self, request: Any, info: CallInfo, trace: RequestTrace | None) -> Any:
         assert self.repository_api is not None
         info.model = request.model_name
-        await self.repository_api.load(request.model_name)
+        await asyncio.to_thread(self.repository_api.load, request.model_name)
         return proto.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: Any, info: CallInfo, trace: RequestTrace | None) -> Any:
         assert self.repository_api is not None
         info.model = request.model_name
-        await self.repository_api.unload(request.model_name)
+        await asyncio.to_thread(self.repository_api.unload, request.model_name)
         return proto.RepositoryModelUnloadResponse()
 
     def _model(self, name: str, version: str, info: CallInfo, trace: RequestTrace | None) -> ModelRuntime:

@@ -58,7 +58,9 @@ class GrpcService:
 
 
 @contextmanager
-def serve_grpc(root: Path, tracing: Tracing | None = None, **overrides: Any) -> Iterator[GrpcService]:
+def serve_grpc(
+    root: Path, tracing: Tracing | None = None, repository_api: Any = None, **overrides: Any
+) -> Iterator[GrpcService]:
     """The service on ``root`` with gRPC on a free port; small limits unless overridden."""
     from fastapi.testclient import TestClient
 
@@ -78,7 +80,9 @@ def serve_grpc(root: Path, tracing: Tracing | None = None, **overrides: Any) -> 
     port = free_port()
 
     async def start() -> Any:
-        server = create_server(InferenceServicer(state, offload, new_request_id, tracing), settings, port)
+        server = create_server(
+            InferenceServicer(state, offload, new_request_id, tracing, repository_api), settings, port
+        )
         await server.start()
         return server
 

@@ -6,7 +6,9 @@ answers to the same mistakes: same words, the gRPC status of the same class.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,6 +18,7 @@ import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
 from service import proto
+from service.lifecycle import ModelManager
 from tests.service.conftest import Repo
 from tests.service.grpc_harness import GrpcService, serve_grpc
 
@@ -270,3 +273,37 @@ def test_draining_refuses_new_inferences(repo: Repo) -> None:
         error = error_of(service, "ModelInfer", _infer())
         assert error.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in error.details()
         assert not call(service, "ServerReady", proto.ServerReadyRequest())[0].ready
+
+
+# ---- the model repository extension ------------------------------------------------------------------------------
+def test_repository_rpcs_answer_through_the_model_manager(repo: Repo, tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(repo.root, root)
+    manager = ModelManager(root=root, mode="explicit")
+    manager.start()
+    with serve_grpc(root, repository_api=manager) as service:
+        index, _ = call(service, "RepositoryIndex", proto.RepositoryIndexRequest())
+        assert [(m.name, m.version, m.state, m.reason) for m in index.models] == [
+            (e["name"], e.get("version", ""), e["state"], e["reason"]) for e in manager.index()
+        ]
+        assert ("iris", "1", "READY") in {(m.name, m.version, m.state) for m in index.models}
+        call(service, "RepositoryModelUnload", proto.RepositoryModelUnloadRequest(model_name="iris"))
+        assert "iris" not in manager.repository.models
+        ready, _ = call(service, "RepositoryIndex", proto.RepositoryIndexRequest(ready=True))
+        assert "iris" not in {m.name for m in ready.models}
+        call(service, "RepositoryModelLoad", proto.RepositoryModelLoadRequest(model_name="iris"))
+        assert 1 in manager.repository.models["iris"]
+        error = error_of(service, "RepositoryModelLoad", proto.RepositoryModelLoadRequest(model_name="nope"))
+        assert error.code() == grpc.StatusCode.NOT_FOUND and "no model 'nope'" in error.details()
+    off = ModelManager(root=root, mode="none")
+    off.start()
+    with serve_grpc(root, repository_api=off) as service:
+        assert error_of(service, "RepositoryIndex", proto.RepositoryIndexRequest()).code() == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+
+
+def test_repository_rpcs_are_unimplemented_without_a_lifecycle(service: GrpcService) -> None:
+    assert error_of(service, "RepositoryIndex", proto.RepositoryIndexRequest()).code() == (
+        grpc.StatusCode.UNIMPLEMENTED
+    )
