@@ -1,0 +1,120 @@
+"""What request tracing costs per request, off and on, next to the work of a batch-1 gRPC inference.
+
+In one process, no server: the blocking part of a ``ModelInfer`` (decode, predict, encode of the committed
+digits model, one row) timed three ways, each the median of ``--repeat`` rounds of ``--number`` calls:
+
+- bare: the three steps with no tracing code at all;
+- off: as the service runs them with tracing off (``service.tracing.step(None, ...)`` around each step);
+- on: with a server span and its three child spans, the SDK's ``BatchSpanProcessor`` and an exporter that
+  drops the spans (what the SDK costs, not the network).
+
+    python -m benchmarks.tracing_overhead [--number 2000] [--repeat 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from benchmarks.harness import MODELS
+from service import proto, v2_grpc
+from service.repository import load_repository
+from service.tracing import Tracing, step
+
+
+def one_row_request() -> Any:
+    x = np.arange(64, dtype="<f4").reshape(1, 64) % 17  # (1, 64)
+    request = proto.ModelInferRequest(model_name="digits", raw_input_contents=[x.tobytes()])
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 64])
+    return request
+
+
+def per_call_us(fn: Callable[[], object], number: int, repeat: int) -> float:
+    rounds = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        rounds.append((time.perf_counter() - start) / number)
+    return statistics.median(rounds) * 1e6
+
+
+class _DropAll:
+    """A span exporter that accepts and forgets (the SDK's export path without a network)."""
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--number", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    model = load_repository(MODELS).get("digits")
+    request = one_row_request()
+
+    def bare() -> object:
+        decoded = v2_grpc.parse_infer_request(request, model, 10_000)
+        results = model.predict(decoded.x)
+        return v2_grpc.encode_infer_response(model, decoded, results)
+
+    def traced(trace: Any) -> object:
+        with step(trace, "decode"):
+            decoded = v2_grpc.parse_infer_request(request, model, 10_000)
+        with step(trace, "inference"):
+            results = model.predict(decoded.x)
+        with step(trace, "encode"):
+            return v2_grpc.encode_infer_response(model, decoded, results)
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(_DropAll()))  # type: ignore[arg-type]
+    tracing = Tracing(provider)
+    carrier = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+
+    def on() -> object:
+        trace = tracing.start("inference.GRPCInferenceService/ModelInfer", carrier, {"rpc.system": "grpc"})
+        trace.model(model.name, model.version)
+        out = traced(trace)
+        trace.end({"rpc.grpc.status_code": 0})
+        return out
+
+    def three_null_steps() -> None:
+        with step(None, "decode"):
+            pass
+        with step(None, "inference"):
+            pass
+        with step(None, "encode"):
+            pass
+
+    steps_only = per_call_us(three_null_steps, args.number * 10, args.repeat)
+    figures = {
+        "bare": per_call_us(bare, args.number, args.repeat),
+        "off": per_call_us(lambda: traced(None), args.number, args.repeat),
+        "on": per_call_us(on, args.number, args.repeat),
+    }
+    provider.shutdown()
+    print(f"batch-1 ModelInfer work (decode + predict + encode), median of {args.repeat} x {args.number}:")
+    for name, us in figures.items():
+        print(f"  {name:4s} {us:8.2f} us/request  ({us - figures['bare']:+.2f} us vs bare)")
+    print(f"  three step(None, ...) calls alone: {steps_only:.3f} us")
+
+
+if __name__ == "__main__":
+    main()
