@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from training.data import Standardizer, load_digits, split
 from training.layers import Array, softmax_cross_entropy
-from training.network import MLP, MLPConfig
+from training.network import MLP, BlockStats, MLPConfig
 from training.optim import SGD
 from training.train import set_running_statistics
 
@@ -161,16 +161,9 @@ def forward_batch_statistics(net: MLP, x: Array) -> tuple[Array, list[Array]]:
     and it accepts a single row: its variance is 0, so BN outputs ``beta`` whatever the input (``eps`` keeps
     the division finite). That is what "batch statistics at test time with batch size 1" means.
     """
-    h = x
-    zs = []
-    for b in net.blocks:
-        z = b.linear.forward(h, training=False)  # (N, H)
-        if b.bn is not None:
-            mu, var = z.mean(axis=0), z.var(axis=0)  # biased, as in training
-            z = b.bn.gamma * (z - mu) / np.sqrt(var + b.bn.eps) + b.bn.beta
-        zs.append(z)
-        h = b.act.forward(z, training=False)
-    return net.head.forward(h, training=False), zs
+    seen: list[BlockStats] = []
+    logits = net.forward(x, training=False, stats=seen, batch_statistics=True)
+    return logits, [s.preactivation for s in seen]
 
 
 def accuracy_in_batches(net: MLP, X: Array, y: Array, batch_size: int, batch_stats: bool) -> float:

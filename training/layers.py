@@ -1,11 +1,16 @@
 """Layers of the MLP, each with its forward and backward side by side, in numpy from the equations.
 
+Batch Norm's maths is one pure pair, :func:`batchnorm_forward` / :func:`batchnorm_backward`, that the
+:class:`BatchNorm` layer, PreciseBN (``MLP.precise_statistics``) and the experiments all call.
+
 Every layer has ``forward(x, training)`` and ``backward(dy) -> dx``. Learned parameters live in
 ``params()`` and their gradients in ``grads()`` (same keys); running statistics are *buffers*
 (``buffers()``), never parameters. ``training`` is always an explicit argument: no hidden mode.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -82,14 +87,69 @@ class Linear(Layer):
         return {"W": self.dW} if self.db is None else {"W": self.dW, "b": self.db}
 
 
+@dataclass(frozen=True)
+class BNCache:
+    """What :func:`batchnorm_backward` needs from a training-mode :func:`batchnorm_forward`."""
+
+    xhat: Array  # (N, D) the normalized input
+    inv_std: Array  # (D,) 1 / sqrt(var + eps)
+    mean: Array  # (D,) the batch mean
+    var: Array  # (D,) the biased batch variance (divided by N)
+
+
+def batchnorm_forward(
+    x: Array,
+    gamma: Array,
+    beta: Array,
+    eps: float,
+    training: bool,
+    running_mean: Array | None = None,
+    running_var: Array | None = None,
+) -> tuple[Array, BNCache | None]:
+    """Batch Normalization of a ``(N, D)`` batch, ``y = gamma * (x - mean) / sqrt(var + eps) + beta``: the one
+    place bnserve writes it (Ioffe & Szegedy 2015, Algorithm 1). Pure: nothing is updated.
+
+    ``training=True``: ``mean`` and the biased ``var`` are the batch's own; returns ``y`` and the cache of
+    :func:`batchnorm_backward` (which also holds the batch statistics). One row is allowed here: its variance
+    is 0, so ``y = beta`` whatever the row. ``training=False``: the given running statistics, i.e. the fixed
+    affine map per feature ``x * s + (beta - mean * s)`` that export folds into the weights; no cache.
+    """
+    if training:
+        mu = x.mean(axis=0)  # (D,)
+        var = x.var(axis=0)  # (D,) biased: divided by N
+        inv_std = 1.0 / np.sqrt(var + eps)  # (D,)
+        xhat = (x - mu) * inv_std  # (N, D)
+        return gamma * xhat + beta, BNCache(xhat, inv_std, mu, var)
+    if running_mean is None or running_var is None:
+        raise ValueError("batchnorm_forward at test time needs the running mean and variance")
+    scale = gamma / np.sqrt(running_var + eps)  # (D,)
+    return (x - running_mean) * scale + beta, None
+
+
+def batchnorm_backward(dy: Array, gamma: Array, cache: BNCache) -> tuple[Array, Array, Array]:
+    """``(dx, dgamma, dbeta)`` of :func:`batchnorm_forward` in training mode, through the batch statistics.
+
+    ``dbeta = sum(dy)``, ``dgamma = sum(dy * xhat)`` and, reusing both,
+    ``dx = gamma * inv_std / N * (N dy - dbeta - xhat * dgamma)`` (cs231n's compact form).
+    """
+    xhat = cache.xhat
+    n = dy.shape[0]
+    dbeta = dy.sum(axis=0)  # (D,)
+    dgamma = (dy * xhat).sum(axis=0)  # (D,)
+    dx = dy * n  # (N, D)
+    dx -= dbeta
+    dx -= xhat * dgamma
+    dx *= gamma * cache.inv_std / n
+    return dx, dgamma, dbeta
+
+
 class BatchNorm(Layer):
-    """Batch Normalization over the features of a ``(N, D)`` batch (Ioffe & Szegedy 2015, Algorithm 1).
+    """The Batch Normalization layer: :func:`batchnorm_forward` with learned ``gamma``/``beta`` and running
+    statistics.
 
-    Training: ``y = gamma * (x - mu) / sqrt(var + eps) + beta`` with the batch mean ``mu`` and the *biased*
-    batch variance ``var`` (divided by N). Test: the same with the running statistics instead, so a row's
-    output never depends on the other rows of its batch.
-
-    Running statistics are an exponentially weighted moving average updated at each training step::
+    Training normalizes with the batch's statistics; test time with the running statistics, so a row's output
+    never depends on the other rows of its batch. Running statistics are an exponentially weighted moving
+    average updated at each training step::
 
         running_mean = momentum * running_mean + (1 - momentum) * mu
         running_var  = momentum * running_var  + (1 - momentum) * var * N / (N - 1)
@@ -118,53 +178,35 @@ class BatchNorm(Layer):
         self.running_var = np.ones(num_features, dtype=dtype)
         self.dgamma = np.zeros_like(self.gamma)
         self.dbeta = np.zeros_like(self.beta)
-        self._xhat: Array | None = None
-        self._inv_std: Array | None = None
-
-    def batch_statistics(self, x: Array) -> tuple[Array, Array]:
-        """Mean and biased variance of a ``(N, D)`` batch, per feature; rejects a batch of one row."""
-        if x.ndim != 2 or x.shape[1] != self.num_features:
-            raise ValueError(f"BatchNorm expects shape (N, {self.num_features}), got {x.shape}")
-        if x.shape[0] < 2:
-            raise ValueError(
-                "BatchNorm in training mode needs at least 2 rows per batch: the variance of one row is undefined"
-            )
-        mu = x.mean(axis=0)  # (D,)
-        var = x.var(axis=0)  # (D,) biased: divided by N
-        return mu, var
+        self.cache: BNCache | None = None  # left by the last training-mode forward, for backward
 
     def forward(self, x: Array, training: bool) -> Array:
         if not training:
-            scale = self.gamma / np.sqrt(self.running_var + self.eps)  # (D,)
-            return (x - self.running_mean) * scale + self.beta
+            y, _ = batchnorm_forward(
+                x, self.gamma, self.beta, self.eps, False, self.running_mean, self.running_var
+            )
+            return y
+        if x.ndim != 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm expects shape (N, {self.num_features}), got {x.shape}")
         n = x.shape[0]
-        mu, var = self.batch_statistics(x)
-        inv_std = 1.0 / np.sqrt(var + self.eps)  # (D,)
-        xhat = (x - mu) * inv_std  # (N, D)
-        self._xhat, self._inv_std = xhat, inv_std
+        if n < 2:
+            raise ValueError(
+                "BatchNorm in training mode needs at least 2 rows per batch: the variance of one row is undefined"
+            )
+        y, cache = batchnorm_forward(x, self.gamma, self.beta, self.eps, True)
+        assert cache is not None
+        self.cache = cache
         m = self.momentum
         self.running_mean *= m
-        self.running_mean += (1.0 - m) * mu
+        self.running_mean += (1.0 - m) * cache.mean
         self.running_var *= m
-        self.running_var += (1.0 - m) * var * (n / (n - 1))
-        return self.gamma * xhat + self.beta
+        self.running_var += (1.0 - m) * cache.var * (n / (n - 1))
+        return y
 
     def backward(self, dy: Array) -> Array:
-        """Closed-form gradient through the batch statistics.
-
-        ``dbeta = sum(dy)``, ``dgamma = sum(dy * xhat)`` and, reusing both,
-        ``dx = gamma * inv_std / N * (N dy - dbeta - xhat * dgamma)`` (cs231n's compact form).
-        """
-        if self._xhat is None or self._inv_std is None:
+        if self.cache is None:
             raise RuntimeError("BatchNorm.backward needs a forward pass in training mode first")
-        xhat = self._xhat
-        n = dy.shape[0]
-        self.dbeta = dy.sum(axis=0)  # (D,)
-        self.dgamma = (dy * xhat).sum(axis=0)  # (D,)
-        dx = dy * n  # (N, D)
-        dx -= self.dbeta
-        dx -= xhat * self.dgamma
-        dx *= self.gamma * self._inv_std / n
+        dx, self.dgamma, self.dbeta = batchnorm_backward(dy, self.gamma, self.cache)
         return dx
 
     def params(self) -> dict[str, Array]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from training.layers import ACTIVATIONS, Array, BatchNorm, Layer, Linear
+from training.layers import ACTIVATIONS, Array, BatchNorm, Layer, Linear, batchnorm_forward
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,17 @@ class MLPConfig:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         return d
+
+
+@dataclass(frozen=True)
+class BlockStats:
+    """What one hidden block saw in a forward pass (see :meth:`MLP.forward`'s ``stats``)."""
+
+    preactivation: Array  # (N, H) the activation's input: after BN when there is one
+    mean: (
+        Array | None
+    )  # (H,) the batch mean BN normalized with; None when BN used running statistics or is absent
+    var: Array | None  # (H,) the biased batch variance, likewise
 
 
 @dataclass
@@ -77,12 +88,39 @@ class MLP:
         out.append(self.head)
         return out
 
-    def forward(self, x: Array, training: bool) -> Array:
-        """Logits (classification) or predictions (regression), shape ``(N, n_out)``."""
+    def forward(
+        self,
+        x: Array,
+        training: bool,
+        stats: list[BlockStats] | None = None,
+        batch_statistics: bool = False,
+    ) -> Array:
+        """Logits (classification) or predictions (regression), shape ``(N, n_out)``.
+
+        ``training=True`` is a training step: BN normalizes with the batch's statistics and updates its
+        running ones, and every layer keeps what its backward needs. ``training=False`` has no side effect: BN
+        uses its running statistics or, with ``batch_statistics=True``, the batch's own, as in training but
+        with nothing updated or cached (PreciseBN, inspection; one row is allowed: every BN output is then
+        ``beta``). When ``stats`` is a list, one :class:`BlockStats` per hidden block is appended to it.
+        """
         h = x
-        for layer in self.layers:
-            h = layer.forward(h, training)
-        return h
+        for b in self.blocks:
+            z = b.linear.forward(h, training)  # (N, H)
+            mean = var = None
+            if b.bn is not None:
+                if training:
+                    z = b.bn.forward(z, True)
+                    cache = b.bn.cache
+                elif batch_statistics:
+                    z, cache = batchnorm_forward(z, b.bn.gamma, b.bn.beta, b.bn.eps, True)
+                else:
+                    z, cache = b.bn.forward(z, False), None
+                if cache is not None:
+                    mean, var = cache.mean, cache.var
+            if stats is not None:
+                stats.append(BlockStats(z, mean, var))
+            h = b.act.forward(z, training)
+        return self.head.forward(h, training)
 
     def backward(self, dout: Array, input_grad: bool = False) -> Array | None:
         """Back-propagate ``dL/d(output)``, leaving the gradients on the layers.
@@ -138,22 +176,6 @@ class MLP:
         for name, arr in current.items():
             np.copyto(arr, state[name])
 
-    def hidden_preactivations(self, x: Array, training: bool) -> list[Array]:
-        """Each block's input to its activation (after BN when there is one), for inspection.
-
-        With ``training=True`` this is a training-mode forward: BN normalizes with the batch statistics and
-        updates its running statistics, as in a training step.
-        """
-        out = []
-        h = x
-        for b in self.blocks:
-            z = b.linear.forward(h, training)
-            if b.bn is not None:
-                z = b.bn.forward(z, training)
-            out.append(z)
-            h = b.act.forward(z, training)
-        return out
-
     def precise_statistics(
         self, x: Array, batch_size: int, rng: np.random.Generator
     ) -> list[tuple[Array, Array]]:
@@ -164,26 +186,24 @@ class MLP:
         estimate is the equal-weight average over batches of the batch means and of the unbiased batch
         variances. Nothing on the network changes; returns ``[(mean, var), ...]`` per BN layer.
         """
-        bns = [b.bn for b in self.blocks if b.bn is not None]
-        sums = [(np.zeros(bn.num_features), np.zeros(bn.num_features)) for bn in bns]
+        sums: list[tuple[Array, Array]] = [
+            (np.zeros(b.bn.num_features), np.zeros(b.bn.num_features))
+            for b in self.blocks
+            if b.bn is not None
+        ]
         order = rng.permutation(len(x))
         n_batches = 0
         for start in range(0, len(x), batch_size):
             idx = order[start : start + batch_size]
-            if len(idx) < 2:
-                continue
             n = len(idx)
-            h = x[idx]
-            k = 0
-            for b in self.blocks:
-                z = b.linear.forward(h, training=False)
-                if b.bn is not None:
-                    mu, var = b.bn.batch_statistics(z)
-                    sums[k][0][:] += mu
-                    sums[k][1][:] += var * (n / (n - 1))
-                    z = b.bn.gamma * (z - mu) / np.sqrt(var + b.bn.eps) + b.bn.beta
-                    k += 1
-                h = b.act.forward(z, training=False)
+            if n < 2:
+                continue
+            seen: list[BlockStats] = []
+            self.forward(x[idx], training=False, stats=seen, batch_statistics=True)
+            for (mean_sum, var_sum), s in zip(sums, [s for s in seen if s.mean is not None]):
+                assert s.var is not None
+                mean_sum += s.mean
+                var_sum += s.var * (n / (n - 1))  # the unbiased batch variance, as the EWMA is fed
             n_batches += 1
         if n_batches == 0:
             raise ValueError("precise statistics need at least one batch of 2 rows or more")

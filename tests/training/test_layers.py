@@ -12,6 +12,8 @@ from training.layers import (
     ReLU,
     Sigmoid,
     Tanh,
+    batchnorm_backward,
+    batchnorm_forward,
     mean_squared_error,
     softmax,
     softmax_cross_entropy,
@@ -57,6 +59,36 @@ def test_batchnorm_gradients(rng):
     y = bn.forward(x, training=True)
     bn.backward(np.ones_like(y))
     assert bn.dgamma.shape == (4,) and np.allclose(bn.dbeta, 7.0)
+
+
+def test_batchnorm_function_gradients_and_purity(rng):
+    """The pure pair on its own, float64: analytic (dx, dgamma, dbeta) vs central differences; no input changes."""
+    x = rng.standard_normal((6, 3)) * 2 - 1
+    gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
+    w = rng.standard_normal((6, 3))
+    before = [a.copy() for a in (x, gamma, beta)]
+
+    def loss() -> float:
+        return float((batchnorm_forward(x, gamma, beta, 1e-5, training=True)[0] * w).sum())
+
+    y, cache = batchnorm_forward(x, gamma, beta, 1e-5, training=True)
+    assert cache is not None
+    assert all(np.array_equal(a, b) for a, b in zip(before, (x, gamma, beta)))
+    np.testing.assert_allclose(cache.mean, x.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(cache.var, x.var(0), rtol=1e-12)  # biased
+    np.testing.assert_allclose(y, gamma * (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5) + beta, rtol=1e-12)
+    dx, dgamma, dbeta = batchnorm_backward(w, gamma, cache)
+    assert rel_error(dx, numerical_gradient(loss, x)) < TOL
+    assert rel_error(dgamma, numerical_gradient(loss, gamma)) < TOL
+    assert rel_error(dbeta, numerical_gradient(loss, beta)) < TOL
+    # test mode: the closed form with the given statistics, no cache; one row in training mode gives beta
+    mean, var = rng.standard_normal(3), rng.uniform(0.5, 2.0, 3)
+    y_test, none = batchnorm_forward(x, gamma, beta, 1e-5, training=False, running_mean=mean, running_var=var)
+    assert none is None
+    np.testing.assert_allclose(y_test, gamma * (x - mean) / np.sqrt(var + 1e-5) + beta, rtol=1e-12)
+    np.testing.assert_allclose(batchnorm_forward(x[:1], gamma, beta, 1e-5, training=True)[0], beta[None])
+    with pytest.raises(ValueError, match="running mean and variance"):
+        batchnorm_forward(x, gamma, beta, 1e-5, training=False)
 
 
 @pytest.mark.parametrize("act", [ReLU, Sigmoid, Tanh])

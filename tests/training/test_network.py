@@ -7,7 +7,7 @@ import pytest
 
 from tests.training.conftest import numerical_gradient, rel_error
 from training.layers import mean_squared_error, softmax_cross_entropy
-from training.network import MLP, MLPConfig
+from training.network import MLP, BlockStats, MLPConfig
 from training.optim import SGD, Adam, decays, scheduled_lr
 
 
@@ -126,3 +126,43 @@ def test_precise_statistics_equal_batch_average():
 def test_same_seed_same_network():
     a, b = small_net(seed=5), small_net(seed=5)
     assert all(np.array_equal(pa, pb) for (_, pa, _), (_, pb, _) in zip(a.parameters(), b.parameters()))
+
+
+def test_forward_reports_each_block_and_batch_statistics_leave_the_network_alone():
+    rng = np.random.default_rng(0)
+    net = small_net("relu")
+    x = rng.standard_normal((9, 4))
+    # test time, running statistics: pre-activations by hand, no batch statistics reported
+    seen: list[BlockStats] = []
+    out = net.forward(x, training=False, stats=seen)
+    h = x
+    for b, s in zip(net.blocks, seen):
+        assert b.bn is not None
+        z = (
+            b.bn.gamma * (h @ b.linear.W - b.bn.running_mean) / np.sqrt(b.bn.running_var + b.bn.eps)
+            + b.bn.beta
+        )
+        np.testing.assert_allclose(s.preactivation, z, rtol=1e-12)
+        assert s.mean is None and s.var is None
+        h = np.maximum(z, 0)
+    np.testing.assert_allclose(out, h @ net.head.W + net.head.b, rtol=1e-12)
+    # batch statistics without training: each block normalized by its own batch, nothing updated or cached
+    buffers = {k: v.copy() for k, v in net.buffers().items()}
+    seen = []
+    net.forward(x, training=False, stats=seen, batch_statistics=True)
+    h = x
+    for b, s in zip(net.blocks, seen):
+        assert b.bn is not None and b.bn.cache is None
+        z = h @ b.linear.W
+        np.testing.assert_allclose(s.mean, z.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(s.var, z.var(0), rtol=1e-12)
+        np.testing.assert_allclose(
+            s.preactivation, b.bn.gamma * (z - z.mean(0)) / np.sqrt(z.var(0) + 1e-5) + b.bn.beta
+        )
+        h = np.maximum(s.preactivation, 0)
+    assert all(np.array_equal(buffers[k], v) for k, v in net.buffers().items())
+    # a training step reports the same batch statistics, and does update the running ones
+    seen_train: list[BlockStats] = []
+    net.forward(x, training=True, stats=seen_train)
+    assert all(np.allclose(a.mean, b.mean) and np.allclose(a.var, b.var) for a, b in zip(seen, seen_train))
+    assert not np.array_equal(buffers["blocks.0.bn.running_mean"], net.buffers()["blocks.0.bn.running_mean"])
