@@ -47,8 +47,9 @@ bench: $(VENV)/.dev-deps
 	$(BIN)/python -m benchmarks.inference
 	$(BIN)/python -m benchmarks.serve
 
+# One BLAS thread: the matrices are small (threads only add contention) and the report's numbers reproduce.
 experiments: $(VENV)/.dev-deps
-	$(BIN)/python -m training.experiments
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m experiments
 
 docker-smoke:
 	../shared/tools/docker-smoke

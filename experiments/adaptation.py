@@ -34,7 +34,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import argparse
 import copy
 import datetime as _dt
-import gzip
 import json
 import sys
 import time
@@ -46,6 +45,7 @@ from typing import Any
 import numpy as np
 
 import contract as C
+from experiments.data import mnist1d_dataset
 from featurestats import sample_psi
 from training.adapt import adapt_layers
 from training.data import Dataset, Split, Standardizer, load_digits
@@ -55,7 +55,6 @@ from training.optim import make_optimizer
 from training.train import TrainConfig, TrainedModel, TrainResult, batches, train
 
 DEFAULT_OUT = Path("docs/experiments")
-MNIST1D_PATH = Path(__file__).resolve().parents[1] / "training" / "data" / "mnist1d.csv.gz"
 Array = np.ndarray
 
 
@@ -86,17 +85,7 @@ def load(name: str) -> tuple[Dataset, Split | None]:
     if name == "digits":
         return load_digits(), None  # the project's own stratified split (seed 0)
     if name == "mnist1d":
-        raw = np.loadtxt(gzip.open(MNIST1D_PATH, "rt"), delimiter=",")  # (5000, 41)
-        ds = Dataset(
-            name="mnist1d",
-            X=raw[:, :-1],
-            y=raw[:, -1].astype(np.int64),
-            feature_names=[f"x{j}" for j in range(raw.shape[1] - 1)],
-            task=C.TASK_CLASSIFICATION,
-            class_labels=list(range(10)),
-            target_names=[],
-            source="MNIST-1D (Greydanus 2020), bundled",
-        )
+        ds = mnist1d_dataset()
         return ds, Split(np.arange(3500), np.arange(3500, 4000), np.arange(4000, 5000))
     raise ValueError(f"dataset must be 'digits' or 'mnist1d', got {name!r}")
 

@@ -105,10 +105,10 @@ class Adam(Optimizer):
         p -= tmp
 
 
-def make_optimizer(name: str, lr: float, weight_decay: float) -> Optimizer:
-    """``sgd`` (momentum 0.9) or ``adam``."""
+def make_optimizer(name: str, lr: float, weight_decay: float, momentum: float = 0.9) -> Optimizer:
+    """``sgd`` (with ``momentum``, 0 for plain SGD) or ``adam``."""
     if name == "sgd":
-        return SGD(lr, momentum=0.9, weight_decay=weight_decay)
+        return SGD(lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":
         return Adam(lr, weight_decay=weight_decay)
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")

@@ -1,8 +1,10 @@
-"""The training loop: shuffled mini-batches, per-epoch validation, early stopping, test-time BN statistics."""
+"""The training loop (the one loop): shuffled mini-batches, per-epoch validation, early stopping, test-time
+BN statistics, and a per-step callback for whoever needs to watch or stop a run (the experiments)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,9 +30,11 @@ class TrainConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.01  # decoupled (AdamW) with adam; for sgd's L2 something like 5e-4 suits
     schedule: str = "none"
-    patience: int = 20
+    patience: int | None = 20  # None: no early stopping, the last weights are kept
     seed: int = 0
     bn_stats: str = "ewma"
+    momentum: float = 0.9  # sgd's heavy-ball momentum (adam ignores it)
+    drop_last: bool = False  # drop each epoch's short last batch (fixed-size steps) instead of keeping it
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -39,8 +43,10 @@ class TrainConfig:
             raise ValueError(f"batch size must be >= 2 (Batch Norm needs 2 rows), got {self.batch_size}")
         if self.bn_stats not in BN_STATS:
             raise ValueError(f"bn-stats must be one of {BN_STATS}, got {self.bn_stats!r}")
-        if self.patience < 1:
+        if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
 
 
 @dataclass
@@ -91,11 +97,14 @@ class TrainResult:
         }
 
 
-def batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffled index batches; a trailing batch of a single row is merged into the one before it."""
+def batches(n: int, batch_size: int, rng: np.random.Generator, drop_last: bool = False) -> list[np.ndarray]:
+    """Shuffled index batches; a short last batch is dropped with ``drop_last``, else kept, and a single
+    trailing row is merged into the batch before it (Batch Norm needs 2 rows)."""
     order = rng.permutation(n)
     out = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    if len(out) > 1 and len(out[-1]) == 1:
+    if drop_last and len(out[-1]) < batch_size:
+        out.pop()
+    elif len(out) > 1 and len(out[-1]) == 1:
         last = out.pop()
         out[-1] = np.concatenate([out[-1], last])
     return out
@@ -149,6 +158,41 @@ def set_running_statistics(net: MLP, stats: list[tuple[np.ndarray, np.ndarray]])
         np.copyto(bn.running_var, var)
 
 
+def _progress(row: dict[str, float]) -> dict[str, str]:
+    """The progress bar's summary of an epoch's history row."""
+    shown = {"loss": f"{row['train_loss']:.4f}"}
+    if "val_loss" in row:
+        shown["val_loss"] = f"{row['val_loss']:.4f}"
+        if "val_accuracy" in row:
+            shown["val_acc"] = f"{row['val_accuracy']:.4f}"
+        else:
+            shown["val_rmse"] = f"{row['val_rmse']:.4g}"
+    return shown
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the ``on_step`` callback of :func:`train` is given: once before the first step, then after each."""
+
+    step: int  # optimizer steps taken so far (0: before the first)
+    epoch: int  # the 1-based epoch of that step (0: before the first)
+    loss: float  # that step's training loss on its batch (nan before the first)
+    model: TrainedModel  # the model being trained, as it is after that step
+
+
+# Return True to stop training after this step (the epoch is then validated and the run ends as usual).
+OnStep = Callable[[Step], "bool | None"]
+
+
+class TrainingDiverged(FloatingPointError):
+    """An overflow or a NaN during a training step; ``step`` and ``epoch`` say where (1-based)."""
+
+    def __init__(self, message: str, step: int, epoch: int) -> None:
+        super().__init__(message)
+        self.step = step
+        self.epoch = epoch
+
+
 def train(
     ds: Dataset,
     hidden: tuple[int, ...] = (256, 256),
@@ -158,12 +202,24 @@ def train(
     config: TrainConfig | None = None,
     progress: bool = True,
     data_split: Split | None = None,
+    on_step: OnStep | None = None,
 ) -> TrainResult:
-    """Train an MLP on ``ds``; fully determined by ``config.seed``."""
+    """Train an MLP on ``ds``; fully determined by ``config.seed``.
+
+    ``on_step`` is called before the first step and after every optimizer step (outside the divergence
+    check, so it may compute what it likes); returning True stops the run. A split without validation rows
+    trains without per-epoch validation, which needs ``config.patience=None`` (no early stopping). Raises
+    :class:`TrainingDiverged`.
+    """
     cfg = config or TrainConfig()
     seeds = np.random.SeedSequence(cfg.seed).spawn(4)
     rng_split, rng_init, rng_batches, rng_precise = (np.random.default_rng(s) for s in seeds)
     sp = data_split or split(ds, rng_split)
+    validate = len(sp.val) > 0
+    if not validate and cfg.patience is not None:
+        raise ValueError("early stopping needs validation rows: pass patience=None to train without them")
+    if cfg.drop_last and len(sp.train) < cfg.batch_size:
+        raise ValueError(f"drop_last with {len(sp.train)} training rows, fewer than a batch of {cfg.batch_size}")
     std = Standardizer.fit(ds.X[sp.train])
     mcfg = MLPConfig(
         n_in=ds.X.shape[1],
@@ -184,16 +240,20 @@ def train(
         sd = ytr.std(axis=0)
         model.y_std = np.where(sd < 1e-12, 1.0, sd)
         ytr = ((ytr - model.y_mean) / model.y_std).astype(dtype)
-    opt = make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay)
+    opt = make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
 
     history: list[dict[str, float]] = []
     best = (math.inf, -1)
-    best_state = net.state_dict()
+    best_state = net.state_dict() if cfg.patience is not None else {}
+    step = 0
+    stop = on_step is not None and bool(on_step(Step(0, 0, math.nan, model)))
     bar = tqdm(range(cfg.epochs), desc=f"train {ds.name}", unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
+        if stop:
+            break
         opt.lr = scheduled_lr(cfg.lr, cfg.schedule, epoch, cfg.epochs)
-        total_loss, correct = 0.0, 0
-        for idx in batches(len(Xtr), cfg.batch_size, rng_batches):
+        total_loss, correct, rows = 0.0, 0, 0
+        for idx in batches(len(Xtr), cfg.batch_size, rng_batches, cfg.drop_last):
             # An overflow or NaN anywhere means the run diverged: stop at once with a clear message.
             with np.errstate(over="raise", invalid="raise"):
                 try:
@@ -208,47 +268,49 @@ def train(
                     net.backward(dout)
                     opt.step(net)
                 except FloatingPointError as exc:
-                    raise FloatingPointError(
-                        f"the training diverged at epoch {epoch + 1} ({exc}; lr={opt.lr:g})"
+                    raise TrainingDiverged(
+                        f"the training diverged at epoch {epoch + 1} ({exc}; lr={opt.lr:g})",
+                        step + 1,
+                        epoch + 1,
                     ) from None
+            step += 1
             total_loss += loss * len(idx)
-        val = evaluate(model, ds.X[sp.val], ds.y[sp.val])
-        row = {"epoch": epoch + 1, "lr": opt.lr, "train_loss": total_loss / len(Xtr)}
+            rows += len(idx)
+            if on_step is not None and on_step(Step(step, epoch + 1, loss, model)):
+                stop = True
+                break
+        row = {"epoch": epoch + 1, "lr": opt.lr, "train_loss": total_loss / rows}
         if classification:
-            row["train_accuracy"] = correct / len(Xtr)
-        row.update({f"val_{k}": v for k, v in val.items()})
+            row["train_accuracy"] = correct / rows
+        if validate:
+            row.update({f"val_{k}": v for k, v in evaluate(model, ds.X[sp.val], ds.y[sp.val]).items()})
         history.append(row)
-        bar.set_postfix(
-            loss=f"{row['train_loss']:.4f}",
-            val_loss=f"{val['loss']:.4f}",
-            **(
-                {"val_acc": f"{val['accuracy']:.4f}"}
-                if classification
-                else {"val_rmse": f"{val['rmse']:.4g}"}
-            ),
-        )
-        if val["loss"] < best[0]:
-            best = (val["loss"], epoch + 1)
+        bar.set_postfix(_progress(row))
+        if cfg.patience is None:
+            best = (math.inf, epoch + 1)  # no early stopping: the last epoch's weights are kept
+        elif row["val_loss"] < best[0]:
+            best = (row["val_loss"], epoch + 1)
             best_state = net.state_dict()
         elif epoch + 1 - best[1] >= cfg.patience:
             break
     bar.close()
-    net.load_state_dict(best_state)
+    if cfg.patience is not None:
+        net.load_state_dict(best_state)
 
     gap: dict[str, Any] = {}
     if batchnorm and hidden:
-        Xall = std(ds.X[sp.train]).astype(dtype)
-        precise = net.precise_statistics(Xall, cfg.batch_size, rng_precise)
+        precise = net.precise_statistics(Xtr, cfg.batch_size, rng_precise)
         gap = bn_statistics_gap(model, precise)
         ewma_state = net.state_dict()
-        set_running_statistics(net, precise)
-        gap["val_loss_precise"] = evaluate(model, ds.X[sp.val], ds.y[sp.val])["loss"]
-        net.load_state_dict(ewma_state)
-        gap["val_loss_ewma"] = evaluate(model, ds.X[sp.val], ds.y[sp.val])["loss"]
+        if validate:
+            set_running_statistics(net, precise)
+            gap["val_loss_precise"] = evaluate(model, ds.X[sp.val], ds.y[sp.val])["loss"]
+            net.load_state_dict(ewma_state)
+            gap["val_loss_ewma"] = evaluate(model, ds.X[sp.val], ds.y[sp.val])["loss"]
         if cfg.bn_stats == "precise":
             set_running_statistics(net, precise)
 
-    metrics = {name: evaluate(model, ds.X[idx], ds.y[idx]) for name, idx in asdict(sp).items()}
+    metrics = {name: evaluate(model, ds.X[idx], ds.y[idx]) for name, idx in asdict(sp).items() if len(idx)}
     held_out = ds.X[np.concatenate([sp.val, sp.test])]
     return TrainResult(
         model,

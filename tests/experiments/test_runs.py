@@ -1,26 +1,20 @@
-"""The experiment machinery on a tiny budget: files appear, numbers are finite, runs are reproducible."""
+"""One experiment run on a tiny budget: the data, reproducibility, the test-time modes, the EWMA trackers, the
+shift measures against their closed forms."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 
-from training.experiments import (
-    DISCUSSION_END,
-    DISCUSSION_START,
-    QUICK,
+from experiments.data import load_mnist1d, prepare
+from experiments.runs import (
     Budget,
     EWMAStatistics,
-    _kept_discussion,
     accuracy_in_batches,
     covariate_shift_index,
     forward_batch_statistics,
-    load_mnist1d,
-    main,
-    prepare,
     scale_drift,
     train_run,
 )
@@ -47,39 +41,6 @@ def test_bundled_mnist1d_is_the_published_default_split():
     assert abs(X.mean()) < 1e-3 and abs(X.std() - 1.0) < 1e-3
     d = prepare("mnist1d")
     assert d.Xtr.shape == (4000, 40) and d.Xte.shape == (1000, 40)
-
-
-def test_quick_run_writes_report_plots_and_finite_numbers(tmp_path):
-    assert main(["--quick", "--out", str(tmp_path), "--no-progress"]) == 0
-    report = (tmp_path / "report.md").read_text()
-    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert len(pngs) == 4 * len(QUICK.datasets)
-    for name in pngs:
-        data = (tmp_path / name).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
-        assert f"]({name})" in report  # every plot is embedded in the report
-    assert "python -m training.experiments --quick" in report
-    for claim in ("stabilises", "higher learning rates", "speeds up", "regularises", "test time"):
-        assert claim in report
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["verdicts"]) and all(
-        v["verdict"] in {"supported", "partly supported", "not supported"}
-        for v in summary["verdicts"].values()
-    )
-    # The plots and the report are re-rendered from results.json alone, identically.
-    (tmp_path / "report.md").unlink()
-    assert main(["--replot", "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "report.md").read_text() == report
-    payload = json.loads((tmp_path / "results.json").read_text())
-    runs = payload["runs"]
-    assert len(runs) == len(QUICK.datasets) * len(QUICK.activations) * 2 * len(QUICK.lrs) * len(QUICK.seeds)
-    for r in runs:
-        if r["diverged_at"] is None:
-            assert all(math.isfinite(v) for v in r["final"].values())
-            assert all(math.isfinite(a) and 0.0 <= a <= 1.0 for a in r["test_accuracy"])
-            assert math.isfinite(r["shift_index"]) and math.isfinite(r["scale_drift"])
-        for mode in r["test_time"].values():
-            assert all(0.0 <= a <= 1.0 for a in mode.values())
 
 
 def test_runs_are_reproducible_and_seeds_differ():
@@ -145,17 +106,3 @@ def test_scale_drift_closed_form():
     assert scale_drift(np.full((4, 2), 3.0)) == 0.0
     doubling = np.array([[1.0, 5.0], [2.0, 5.0], [1.0, 5.0], [2.0, 5.0]])  # ln-std of unit 0: ln(2) / 2
     assert scale_drift(doubling) == pytest.approx((math.log(2.0) / 2 + 0.0) / 2)
-
-
-def test_replot_without_results_is_a_clear_error(tmp_path, capsys):
-    assert main(["--replot", "--out", str(tmp_path)]) == 2
-    assert "results.json" in capsys.readouterr().err
-
-
-def test_hand_written_discussion_survives_regeneration(tmp_path):
-    report = tmp_path / "report.md"
-    assert "No discussion" in _kept_discussion(report)  # no report yet: a stub
-    report.write_text(
-        f"# old\n{DISCUSSION_START}\nBN helps sigmoids.\n\nNot ReLUs.\n{DISCUSSION_END}\nold tables\n"
-    )
-    assert _kept_discussion(report) == "BN helps sigmoids.\n\nNot ReLUs."
