@@ -219,7 +219,9 @@ def train(
     if not validate and cfg.patience is not None:
         raise ValueError("early stopping needs validation rows: pass patience=None to train without them")
     if cfg.drop_last and len(sp.train) < cfg.batch_size:
-        raise ValueError(f"drop_last with {len(sp.train)} training rows, fewer than a batch of {cfg.batch_size}")
+        raise ValueError(
+            f"drop_last with {len(sp.train)} training rows, fewer than a batch of {cfg.batch_size}"
+        )
     std = Standardizer.fit(ds.X[sp.train])
     mcfg = MLPConfig(
         n_in=ds.X.shape[1],
