@@ -1,6 +1,8 @@
 """Batch Norm at serving time, measured: adapting to covariate shift without labels (AdaBN).
 
-    python -m experiments.adaptation [--quick] [--out docs/experiments]
+    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python -m experiments.adaptation [--quick] [--out docs/experiments]
+
+(one BLAS thread, as ``make experiments`` sets: the matrices are small; on a shared machine threads contend).
 
 One Batch-Normalized MLP per dataset (the digits and MNIST-1D, the project's training defaults, seed 0) is
 exported as the service would serve it, then its test rows are shifted (brightness, contrast, offset, noise,
@@ -24,12 +26,6 @@ rendered from it.
 """
 
 from __future__ import annotations
-
-import os
-
-# Before numpy is imported: one BLAS thread (the matrices are small; on a shared machine threads only contend).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
 import copy
