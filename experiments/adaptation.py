@@ -42,6 +42,7 @@ import numpy as np
 
 import contract as C
 from experiments.data import mnist1d_dataset
+from experiments.plots import pyplot
 from featurestats import sample_psi
 from training.adapt import adapt_layers
 from training.data import Dataset, Split, Standardizer, load_digits
@@ -396,20 +397,9 @@ def verdicts(
 # ---------------------------------------------------------------------------------------------- plots
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise SystemExit("the plots need matplotlib: pip install 'bnserve[plots]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_methods(results: list[dict[str, Any]], path: Path) -> None:
     """Accuracy on the strongest level of each shift: as served, AdaBN (inputs / every layer), fine-tuned."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 3.8), squeeze=False)
     for ax, res in zip(axes[0], results):
         big = str(max(int(k) for k in res["points"][0]["adabn_all"]))
@@ -436,7 +426,7 @@ def plot_methods(results: list[dict[str, Any]], path: Path) -> None:
 
 def plot_rows(results: list[dict[str, Any]], path: Path) -> None:
     """Accuracy after AdaBN (every layer, solid; standardization only, dotted) against the rows it used."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 3.8), squeeze=False)
     for ax, res in zip(axes[0], results):
         for j, p in enumerate(p for p in res["points"] if "finetune" in p and p["shift"] != "inversion"):
@@ -458,7 +448,7 @@ def plot_rows(results: list[dict[str, Any]], path: Path) -> None:
 
 def plot_scores(results: list[dict[str, Any]], path: Path) -> None:
     """Each layer's drift score (max PSI) against the accuracy lost, every shift and strength."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 3.8), squeeze=False)
     for ax, res in zip(axes[0], results):
         layers = list(res["points"][0]["drift"])

@@ -15,7 +15,7 @@ from experiments.runs import PERCENTILES, TEST_BATCH_SIZES, Budget, RunResult
 BN_COLOR, PLAIN_COLOR = "tab:blue", "tab:red"
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     """matplotlib.pyplot with the Agg backend (the ``plots`` extra), imported only when plotting."""
     try:
         import matplotlib
@@ -32,12 +32,12 @@ def _save(fig: Any, title: str, path: Path) -> None:
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def plot_curves(results: Sequence[RunResult], budget: Budget, data: Prepared, path: Path) -> None:
     """Figure 1(a)-style: test accuracy against steps, BN vs plain, one panel per activation and lr."""
-    plt = _pyplot()
+    plt = pyplot()
     acts, lrs = budget.activations, budget.lrs
     fig, axes = plt.subplots(
         len(acts),
@@ -77,7 +77,7 @@ def plot_curves(results: Sequence[RunResult], budget: Budget, data: Prepared, pa
 
 def plot_final_vs_lr(results: Sequence[RunResult], budget: Budget, data: Prepared, path: Path) -> None:
     """Final test accuracy against the learning rate (log scale): mean over seeds, bars from min to max."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(
         1, len(budget.activations), figsize=(5.0 * len(budget.activations), 3.8), squeeze=False, sharey=True
     )
@@ -126,7 +126,7 @@ def plot_final_vs_lr(results: Sequence[RunResult], budget: Budget, data: Prepare
 
 def plot_preactivations(results: Sequence[RunResult], budget: Budget, data: Prepared, path: Path) -> None:
     """Figure 1(b, c)-style: 15/50/85th percentiles of one last-layer unit's input over training (seed 0)."""
-    plt = _pyplot()
+    plt = pyplot()
     acts = budget.activations
     fig, axes = plt.subplots(len(acts), 2, figsize=(10, 3.0 * len(acts)), squeeze=False, sharex=True)
     seed = budget.seeds[0]
@@ -163,7 +163,7 @@ def plot_preactivations(results: Sequence[RunResult], budget: Budget, data: Prep
 
 def plot_test_time(summary: dict[str, Any], budget: Budget, data: Prepared, path: Path) -> None:
     """Grouped bars: test accuracy per statistics mode and test batch size, mean and std over seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(
         1, len(budget.activations), figsize=(6.5 * len(budget.activations), 4.2), squeeze=False, sharey=True
     )
