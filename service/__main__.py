@@ -14,10 +14,11 @@ from types import FrameType
 
 import uvicorn
 
-from service.app import ServiceState, create_app
+from service.app import create_app
 from service.logs import configure_logging
 from service.server import QuietStartupFailure, serve_workers, uvicorn_options
 from service.settings import SettingsError, load_settings
+from service.state import ServiceState
 
 
 class _Server(uvicorn.Server):

@@ -75,7 +75,8 @@ class WorkerApp:
     settings: Settings
 
     def __call__(self) -> ASGIApp:
-        from service.app import ServiceState, create_app
+        from service.app import create_app
+        from service.state import ServiceState
 
         configure_logging(self.settings.log_level, self.settings.log_format)
         logging.getLogger("uvicorn.error").addFilter(

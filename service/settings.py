@@ -117,9 +117,18 @@ class Settings(BaseSettings):
 
     @field_validator("api_key")
     @classmethod
-    def _key_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().strip():
+    def _key_is_printable_ascii(cls, value: SecretStr | None) -> SecretStr | None:
+        # The key is compared byte for byte with what follows "Bearer " in one header (service.auth), so only
+        # a key that a client can send exactly as configured is accepted.
+        if value is None:
+            return value
+        key = value.get_secret_value()
+        if not key.strip():
             raise ValueError("must not be blank (unset it to turn authentication off)")
+        if key != key.strip():
+            raise ValueError("must not start or end with whitespace")
+        if not (key.isascii() and key.isprintable()):
+            raise ValueError("must be printable ASCII (no control or non-ASCII characters)")
         return value
 
     def drift_config(self) -> DriftConfig:

@@ -1,4 +1,4 @@
-"""RequestContext's fast path answers the inference routes exactly as the FastAPI route does.
+"""The fast path answers the inference routes exactly as the FastAPI route does.
 
 Each request is sent twice: with a Content-Length (served by the fast path) and chunked, without one (which
 the fast path leaves to FastAPI's routing, dependencies and exception handlers). Status and body must agree.
@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import RequestContext, create_app
+from service.app import create_app
+from service.fastpath import FastPath
 from tests.service.conftest import Repo, settings_for
 from tests.service.test_v2 import binary_body, infer_json
 
@@ -37,7 +38,7 @@ CASES: list[tuple[str, bytes, dict[str, str]]] = [
 
 
 class CountingApp:
-    """Wraps the FastAPI stack behind RequestContext and counts the requests that reach it."""
+    """Wraps the FastAPI stack behind the fast path and counts the requests that reach it."""
 
     def __init__(self, app: Any) -> None:
         self.app, self.calls = app, 0
@@ -50,7 +51,11 @@ class CountingApp:
 def stack(client: TestClient) -> CountingApp:
     client.get("/v2/health/live")  # builds the middleware stack
     context = client.app.middleware_stack  # type: ignore[attr-defined]
-    assert isinstance(context, RequestContext)
+    for _ in range(10):  # down the middleware chain to the fast path
+        if isinstance(context, FastPath):
+            break
+        context = context.app
+    assert isinstance(context, FastPath)
     if not isinstance(context.app, CountingApp):
         context.app = CountingApp(context.app)
     return context.app

@@ -57,3 +57,26 @@ def test_help_lists_every_setting() -> None:
     for name in Settings.model_fields:
         assert "--" + name.replace("_", "-") in text
         assert ENV_PREFIX + name.upper() in text.replace("\n", "").replace(" ", "")
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (" s3cret", "must not start or end with whitespace"),
+        ("s3cret\n", "must not start or end with whitespace"),
+        ("s3cr\tet", "must be printable ASCII"),
+        ("s3crét", "must be printable ASCII"),
+        ("s3cret\x1b[0m", "must be printable ASCII"),
+    ],
+)
+def test_an_api_key_a_client_cannot_send_exactly_is_refused(key: str, message: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(["--api-key", key])
+    text = str(info.value)
+    assert f"invalid setting --api-key / BNSERVE_API_KEY: {message}" in text
+    assert key.strip() not in text and "\n" not in text  # the key is never echoed
+
+
+def test_a_printable_key_is_kept_as_given() -> None:
+    settings = load_settings(["--api-key", "a-Key_with.symbols~!"])
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "a-Key_with.symbols~!"

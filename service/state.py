@@ -1,0 +1,137 @@
+"""What every request shares: the settings, the loaded models and their drift monitors, readiness, metrics.
+
+:meth:`ServiceState.start` and :meth:`ServiceState.stop` are the body of the app's lifespan: models load
+there, never at import time. No HTTP here.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+
+from contract import package_version
+from service.dataplane import Limits, Offload
+from service.drift import DriftMonitor
+from service.errors import ModelLoadError, NotFound, NotReady
+from service.metrics import Metrics
+from service.observers import ObserverFeeder
+from service.repository import ModelRepository, load_repository
+from service.runtime import ModelRuntime, Observer
+from service.settings import Settings
+
+log = logging.getLogger("bnserve")
+
+#: Called once per loaded model; returns further observers fed the float32 rows of each successful inference.
+ObserversFor = Callable[[ModelRuntime], list[Observer]]
+
+
+@dataclass
+class ServiceState:
+    """Settings, the loaded models, their drift monitors, where inference runs, readiness, metrics."""
+
+    settings: Settings
+    metrics: Metrics = field(init=False)
+    repository: ModelRepository | None = None
+    drift: dict[tuple[str, int], DriftMonitor] = field(default_factory=dict)  # by (name, version)
+    feeder: ObserverFeeder | None = None  # runs the observers, batched, on its own thread
+    offload: Offload | None = None  # runs the blocking part of inference requests
+    draining: bool = False
+    startup_error: str | None = None
+    version: str = field(default_factory=package_version)
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(workers=self.settings.workers)
+
+    @property
+    def ready(self) -> bool:
+        return self.repository is not None and not self.draining
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.settings.max_body_bytes, self.settings.max_batch_rows)
+
+    def begin_shutdown(self) -> None:
+        """Readiness goes false (load balancers stop sending); requests already here still complete."""
+        self.draining = True
+        self.metrics.ready.set(0)
+
+    def models(self) -> ModelRepository:
+        if self.repository is None:
+            raise NotReady("the models are not loaded yet")
+        return self.repository
+
+    def model(self, name: str, version: str | None) -> ModelRuntime:
+        """The model ``name`` at ``version`` (the highest when None); NotReady or NotFound otherwise."""
+        return self.models().get(name, version)
+
+    def drift_monitor(self, model: ModelRuntime) -> DriftMonitor:
+        """The drift monitor of a loaded model, up to date; :class:`NotFound` when monitoring is off."""
+        monitor = self.drift.get((model.name, model.version))
+        if monitor is None:
+            raise NotFound("drift monitoring is off (BNSERVE_DRIFT_ENABLED=false)")
+        if self.feeder is not None:
+            self.feeder.flush()
+        return monitor
+
+    def drift_labels(self) -> dict[str | tuple[str, ...], DriftMonitor]:
+        """The monitors, up to date, keyed by their Prometheus label values ``(model, version)``."""
+        if self.feeder is not None and self.drift:
+            self.feeder.flush()
+        return {(name, str(version)): monitor for (name, version), monitor in self.drift.items()}
+
+    async def start(self, observers_for: ObserversFor | None = None) -> None:
+        """Load the repository, give every model its observers, start the inference threads, turn ready."""
+        settings = self.settings
+        started = time.perf_counter()
+        try:
+            repository = await anyio.to_thread.run_sync(
+                load_repository, settings.model_repository, settings.intra_op_threads
+            )
+        except ModelLoadError as exc:
+            self.startup_error = str(exc)  # python -m service prints it, in one line
+            raise
+        # Observers run on the feeder thread, batched, after the response's outputs: never on the loop and never
+        # on a request's critical path.
+        feeder = ObserverFeeder()
+        monitors = {}
+        for model in repository:
+            what = f"{model.name}/{model.version}"
+            if settings.drift_enabled:
+                monitor = DriftMonitor.from_contract(model.contract, settings.drift_config(), name=what)
+                model.observers.append(feeder.wrap(monitor.update, what))
+                monitors[(model.name, model.version)] = monitor
+            if observers_for is not None:
+                model.observers.extend(feeder.wrap(observe, what) for observe in observers_for(model))
+        self.drift, self.feeder = monitors, feeder
+        self.offload = Offload(settings.inline_max_bytes)
+        self.metrics.set_models(repository, time.perf_counter() - started)
+        self.repository = repository
+        self.metrics.ready.set(1)
+        # Everything allocated so far (FastAPI, pydantic, onnxruntime, the models) lives as long as the process:
+        # move it out of the collector's sight. Otherwise every full collection walks it, a ~30 ms pause that
+        # was the p99 at concurrency 32 (45 ms -> 13 ms with the freeze, BENCHMARKS.md).
+        gc.collect()
+        gc.freeze()
+        for model in repository:
+            log.info(
+                "loaded %s/%d (%s, %d features, %d outputs) from %s",
+                model.name,
+                model.version,
+                model.contract.task,
+                model.n_features,
+                model.contract.n_outputs,
+                model.path,
+            )
+
+    async def stop(self) -> None:
+        """Not ready any more; observe what is pending; let the running inferences finish."""
+        self.begin_shutdown()
+        if self.feeder is not None:
+            await anyio.to_thread.run_sync(self.feeder.close)
+        if self.offload is not None:
+            await anyio.to_thread.run_sync(self.offload.close)
