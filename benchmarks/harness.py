@@ -101,6 +101,17 @@ class LiveServer:
                 return line
         raise AssertionError(f"no line with {phrase!r} within {timeout}s; saw {self.seen[-20:]}")
 
+    def received(self) -> list[str]:
+        """Every line received so far that no wait has consumed (they move to ``seen``)."""
+        new = []
+        while True:
+            try:
+                new.append(self.lines.get_nowait())
+            except queue.Empty:
+                break
+        self.seen.extend(new)
+        return new
+
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Poll ``/v2/health/ready`` until it answers 200; AssertionError if the server exits or is too slow."""
         deadline = time.monotonic() + timeout

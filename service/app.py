@@ -14,8 +14,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.auth import ApiKey
-from service.drift import register_prometheus
 from service.fastpath import FastPath
+from service.metrics import register_drift_gauges
 from service.middleware import EXCEPTION_HANDLERS, RequestContext
 from service.openapi import openapi_builder
 from service.routes import register, route_table
@@ -52,7 +52,7 @@ def create_app(settings: Settings, observers_for: ObserversFor | None = None) ->
     )
     app.state.service = state
     # Read at scrape time from whatever monitors the lifespan made; nothing on the prediction path.
-    register_prometheus(state.metrics.registry, state.drift_labels, labels=("model", "version"))
+    register_drift_gauges(state.metrics.registry, state.drift_labels, labels=("model", "version"))
     routes = route_table(state)
     register(app, routes, auth)
     app.add_middleware(FastPath, routes=[r for r in routes if r.hot], auth=auth)

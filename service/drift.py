@@ -1,6 +1,6 @@
 """Covariate-shift monitor: compare the rows a model serves with the training distribution it carries.
 
-Pure numpy (prometheus_client is imported only by :func:`register_prometheus`); no FastAPI here. One
+Pure numpy (its Prometheus gauges are :func:`service.metrics.register_drift_gauges`); no FastAPI here. One
 :class:`DriftMonitor` per loaded model; the service calls :meth:`DriftMonitor.update` with every request's
 input batch and :meth:`DriftMonitor.report` for ``GET /v2/models/{name}/drift``.
 
@@ -59,7 +59,7 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -300,23 +300,23 @@ class DriftMonitor:
         features = [
             {
                 "name": self.feature_names[j],
-                "psi": float(est.psi[j]),
-                "mean_shift": float(est.mean_shift[j]),
-                "mean_train": float(self._mean_train[j]),
-                "std_train": float(self._std_train[j]),
-                "mean_live": None if est.mean_live is None else float(est.mean_live[j]),
-                "std_live": None if est.std_live is None else float(est.std_live[j]),
+                "psi": _clean(est.psi[j]),
+                "mean_shift": _clean(est.mean_shift[j]),
+                "mean_train": _clean(self._mean_train[j]),
+                "std_train": _clean(self._std_train[j]),
+                "mean_live": None if est.mean_live is None else _clean(est.mean_live[j]),
+                "std_live": None if est.std_live is None else _clean(est.std_live[j]),
             }
             for j in range(self.n_features)
         ]
         return {
             "model": self.name,
             "rows_seen": est.rows,
-            "rows_effective": est.rows_effective,
-            "rows_effective_moments": est.rows_effective_moments,
+            "rows_effective": _clean(est.rows_effective),
+            "rows_effective_moments": _clean(est.rows_effective_moments),
             "rows_nonfinite": est.rows_nonfinite,
             "since": est.since,
-            "score": est.score,
+            "score": _clean(est.score),
             "score_definition": "max over features of PSI(live decile histogram, training decile histogram)",
             "threshold": self.config.threshold,
             "min_rows": self.config.min_rows,
@@ -380,6 +380,12 @@ class _FileLock:
         self._thread_lock.release()
 
 
+def _clean(value: float | np.floating) -> float:
+    """``value`` to 13 significant digits, for the report: float64 carries 15-17, and sums over many rows leave
+    noise in the last of them (``0.30000000000000004`` reads ``0.3``, ``14333.666889000036`` ``14333.666889``)."""
+    return float(f"{float(value):.13g}")
+
+
 class _Decay:
     """Per-row exponential forgetting, horizon ``h`` rows (``lam = 1 - 1/h``), in closed form per batch."""
 
@@ -415,74 +421,3 @@ class _Estimate:
     psi: np.ndarray
     score: float
     drifting: bool
-
-
-_GAUGES = (
-    # (report key, metric name, help); one sample per model
-    (
-        "score",
-        "bnserve_drift_score",
-        "Input drift score: max over features of PSI against the training deciles.",
-    ),
-    ("threshold", "bnserve_drift_threshold", "Drift score above which the model is drifting."),
-    ("drifting", "bnserve_drift_drifting", "1 if the score is over the threshold on enough rows, else 0."),
-    ("rows_effective", "bnserve_drift_rows_effective", "Effective rows the drift estimate rests on."),
-    ("rows_seen", "bnserve_drift_rows_seen", "Rows seen since the last drift reset."),
-)
-_FEATURE_GAUGES = (
-    ("psi", "bnserve_drift_feature_psi", "PSI of one input feature against its training deciles."),
-    (
-        "mean_shift",
-        "bnserve_drift_feature_mean_shift",
-        "|live mean - training mean| / training std of a feature.",
-    ),
-)
-
-
-def register_prometheus(
-    registry: Any,
-    monitors: Callable[[], Mapping[str | tuple[str, ...], DriftMonitor]],
-    *,
-    labels: Sequence[str] = ("model",),
-    per_feature: bool = True,
-) -> Any:
-    """Register, in a ``prometheus_client`` registry, gauges read from every monitor's report at scrape time.
-
-    ``monitors`` maps label values to monitors (a model name, or a tuple with one value per name in
-    ``labels``, e.g. ``("digits", "1")`` for ``labels=("model", "version")``) and is called at each scrape,
-    so models loaded later are picked up, values are never stale, and nothing runs on the prediction path.
-    ``per_feature`` adds one PSI and one mean-shift series per (model, feature). Returns the collector (to
-    unregister it).
-    """
-    from prometheus_client.core import GaugeMetricFamily
-
-    names = list(labels)
-
-    def families() -> tuple[list[Any], list[Any]]:
-        models = [GaugeMetricFamily(name, doc, labels=names) for _, name, doc in _GAUGES]
-        feats = [GaugeMetricFamily(name, doc, labels=[*names, "feature"]) for _, name, doc in _FEATURE_GAUGES]
-        return models, feats if per_feature else []
-
-    class DriftCollector:
-        def describe(self) -> Iterator[Any]:
-            # Without samples: registering must not call ``monitors`` (models may not be loaded yet).
-            models, feats = families()
-            yield from models + feats
-
-        def collect(self) -> Iterator[Any]:
-            models, feats = families()
-            for key_values, monitor in monitors().items():
-                values = [key_values] if isinstance(key_values, str) else list(key_values)
-                if len(values) != len(names):
-                    raise ValueError(f"monitor key {key_values!r} does not give one value per label {names}")
-                rep = monitor.report()
-                for (key, _, _), fam in zip(_GAUGES, models, strict=True):
-                    fam.add_metric(values, float(rep[key]))
-                for (key, _, _), fam in zip(_FEATURE_GAUGES, feats, strict=False):
-                    for feat in rep["features"]:
-                        fam.add_metric([*values, feat["name"]], feat[key])
-            yield from models + feats
-
-    collector = DriftCollector()
-    registry.register(collector)
-    return collector

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
@@ -20,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.samples import Sample
 
+from service.drift import DriftMonitor
 from service.repository import ModelRepository
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -160,3 +162,75 @@ class _Labelled:
                 sample._replace(labels={**sample.labels, self.name: self.value}) for sample in family.samples
             ]
             yield labelled
+
+
+# ---- drift gauges -------------------------------------------------------------------------------------------
+_GAUGES = (
+    # (report key, metric name, help); one sample per model
+    (
+        "score",
+        "bnserve_drift_score",
+        "Input drift score: max over features of PSI against the training deciles.",
+    ),
+    ("threshold", "bnserve_drift_threshold", "Drift score above which the model is drifting."),
+    ("drifting", "bnserve_drift_drifting", "1 if the score is over the threshold on enough rows, else 0."),
+    ("rows_effective", "bnserve_drift_rows_effective", "Effective rows the drift estimate rests on."),
+    ("rows_seen", "bnserve_drift_rows_seen", "Rows seen since the last drift reset."),
+)
+_FEATURE_GAUGES = (
+    ("psi", "bnserve_drift_feature_psi", "PSI of one input feature against its training deciles."),
+    (
+        "mean_shift",
+        "bnserve_drift_feature_mean_shift",
+        "|live mean - training mean| / training std of a feature.",
+    ),
+)
+
+
+def register_drift_gauges(
+    registry: Any,
+    monitors: Callable[[], Mapping[str | tuple[str, ...], DriftMonitor]],
+    *,
+    labels: Sequence[str] = ("model",),
+    per_feature: bool = True,
+) -> Any:
+    """Register, in a ``prometheus_client`` registry, gauges read from every monitor's report at scrape time.
+
+    ``monitors`` maps label values to monitors (a model name, or a tuple with one value per name in
+    ``labels``, e.g. ``("digits", "1")`` for ``labels=("model", "version")``) and is called at each scrape,
+    so models loaded later are picked up, values are never stale, and nothing runs on the prediction path.
+    ``per_feature`` adds one PSI and one mean-shift series per (model, feature). Returns the collector (to
+    unregister it).
+    """
+    from prometheus_client.core import GaugeMetricFamily
+
+    names = list(labels)
+
+    def families() -> tuple[list[Any], list[Any]]:
+        models = [GaugeMetricFamily(name, doc, labels=names) for _, name, doc in _GAUGES]
+        feats = [GaugeMetricFamily(name, doc, labels=[*names, "feature"]) for _, name, doc in _FEATURE_GAUGES]
+        return models, feats if per_feature else []
+
+    class DriftCollector:
+        def describe(self) -> Iterator[Any]:
+            # Without samples: registering must not call ``monitors`` (models may not be loaded yet).
+            models, feats = families()
+            yield from models + feats
+
+        def collect(self) -> Iterator[Any]:
+            models, feats = families()
+            for key_values, monitor in monitors().items():
+                values = [key_values] if isinstance(key_values, str) else list(key_values)
+                if len(values) != len(names):
+                    raise ValueError(f"monitor key {key_values!r} does not give one value per label {names}")
+                rep = monitor.report()
+                for (key, _, _), fam in zip(_GAUGES, models, strict=True):
+                    fam.add_metric(values, float(rep[key]))
+                for (key, _, _), fam in zip(_FEATURE_GAUGES, feats, strict=False):
+                    for feat in rep["features"]:
+                        fam.add_metric([*values, feat["name"]], feat[key])
+            yield from models + feats
+
+    collector = DriftCollector()
+    registry.register(collector)
+    return collector

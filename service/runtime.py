@@ -28,8 +28,6 @@ log = logging.getLogger("bnserve.runtime")
 #: service wraps each observer (``ObserverFeeder.wrap``) so that the real work happens on its feeder thread.
 Observer = Callable[[np.ndarray], None]
 
-_ORT_TO_V2 = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(double)": "FP64"}
-
 
 @dataclass(frozen=True)
 class TensorSpec:

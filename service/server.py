@@ -1,11 +1,16 @@
-"""How the service runs under uvicorn: the server options, and serving with several worker processes.
+"""How the service runs under uvicorn, in one process or several: options, the app factory, signals, exit codes.
 
-The options are kept apart from ``__main__`` so that ``benchmarks/serve.py`` can run its no-op app under exactly
-the same options (event loop, HTTP parser, access log) as the service it is compared with.
+:func:`serve` is what ``python -m service`` runs. Either way uvicorn calls the same :class:`AppFactory` in the
+process that serves, after installing its signal handlers: the factory wraps them so that the first SIGTERM
+or SIGINT turns readiness off at once (load balancers stop sending) while uvicorn drains the requests in
+flight, and a failed start-up is reported in one line, without a traceback.
 
 With ``--workers N`` (N > 1) uvicorn's supervisor runs N processes on one shared socket, each with its own
 models, threadpool and drift monitors. Prometheus counters and histograms are aggregated across them
 (prometheus-client's multiprocess mode, managed here); the drift gauges stay per worker, labelled ``replica``.
+
+:func:`uvicorn_options` is public so that ``benchmarks/serve.py`` runs its no-op app under exactly the same
+options (event loop, HTTP parser, access log) as the service it is compared with.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -28,7 +32,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import STARTUP_FAILURE
 
 from service.logs import configure_logging
+from service.metrics import MULTIPROC_ENV, pid_alive
 from service.settings import Settings
+
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")
 
 
 def event_loop() -> str:
@@ -58,37 +65,53 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-# ---- several workers ---------------------------------------------------------------------------------------
-#: Where prometheus-client keeps the workers' metric files; set by :func:`serve_workers` before any worker
-#: starts (prometheus-client reads it when it is imported).
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")
+def serve(settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT; the exit status: 0, or 1 when the service cannot start."""
+    if settings.workers > 1:
+        return _serve_workers(settings)
+    import uvicorn
+
+    factory = AppFactory(settings)
+    server = uvicorn.Server(uvicorn.Config(factory, factory=True, **uvicorn_options(settings)))
+    signal.signal(signal.SIGTERM, _ignore)
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits 3 when the lifespan fails or the port is taken
+        if factory.state is not None and factory.state.startup_error is not None:
+            return 1
+        return int(exc.code) if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it shut down for
+        return 0
+    return 0
 
 
-@dataclass(frozen=True)
-class WorkerApp:
-    """The app factory each worker process calls (pickled to it): the same app ``python -m service`` serves.
+def _ignore(sig: int, frame: FrameType | None) -> None:
+    """uvicorn re-raises the signal it shut down for; after a graceful SIGTERM that is a normal exit."""
 
-    Also turns the worker's readiness off the moment it is told to stop, as the single-process server does.
-    """
 
-    settings: Settings
+class AppFactory:
+    """What uvicorn calls, in the process that serves (pickled to each worker), to build the app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state: Any = None  # the ServiceState of the app built in this process
 
     def __call__(self) -> ASGIApp:
         from service.app import create_app
-        from service.state import ServiceState
 
         configure_logging(self.settings.log_level, self.settings.log_format)
-        logging.getLogger("uvicorn.error").addFilter(
-            lambda record: "Application startup failed" not in record.getMessage()
-        )
+        logging.getLogger("uvicorn.error").addFilter(_not_startup_failed)  # reported in one line instead
         app = create_app(self.settings)
-        state: ServiceState = app.state.service
+        self.state = app.state.service
         for sig in (signal.SIGINT, signal.SIGTERM):  # uvicorn's handlers are installed by now: wrap them
             previous = signal.getsignal(sig)
             if callable(previous):
-                signal.signal(sig, _draining_first(state.begin_shutdown, previous))
-        return QuietStartupFailure(app, state)
+                signal.signal(sig, _draining_first(self.state.begin_shutdown, previous))
+        return QuietStartupFailure(app, self.state)
+
+
+def _not_startup_failed(record: logging.LogRecord) -> bool:
+    return "Application startup failed" not in record.getMessage()
 
 
 def _draining_first(begin_shutdown: Callable[[], None], handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -100,11 +123,11 @@ def _draining_first(begin_shutdown: Callable[[], None], handler: Callable[..., A
 
 
 class QuietStartupFailure:
-    """ASGI wrapper: a failed start-up is reported in one line (by ``main``, or here in a worker), not a traceback."""
+    """ASGI wrapper: a failed start-up is reported in one line on stderr, not as uvicorn's traceback."""
 
-    def __init__(self, app: ASGIApp, state: Any = None) -> None:
+    def __init__(self, app: ASGIApp, state: Any) -> None:
         self.app = app
-        self.state = state  # given in a worker, which reports the failure itself
+        self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -113,7 +136,7 @@ class QuietStartupFailure:
 
         async def send_quietly(message: Message) -> None:
             if message["type"] == "lifespan.startup.failed":
-                if self.state is not None and self.state.startup_error is not None:
+                if self.state.startup_error is not None:
                     sys.stderr.write(f"bnserve: cannot start: {self.state.startup_error}\n")
                 message = {"type": "lifespan.startup.failed", "message": ""}
             await send(message)
@@ -121,6 +144,7 @@ class QuietStartupFailure:
         await self.app(scope, receive, send_quietly)
 
 
+# ---- several workers ---------------------------------------------------------------------------------------
 def bind_socket(host: str, port: int) -> socket.socket:
     """The listening socket the workers share, created as TCP explicitly.
 
@@ -145,26 +169,17 @@ def _forget_dead_workers(directory: str, stop: threading.Event) -> None:
     while not stop.wait(1.0):
         for name in os.listdir(directory):
             match = _LIVE_GAUGE_FILE.fullmatch(name)
-            if match and not _alive(int(match.group(1))):
+            if match and not pid_alive(int(match.group(1))):
                 multiprocess.mark_process_dead(int(match.group(1)), directory)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def serve_workers(settings: Settings) -> int:
+def _serve_workers(settings: Settings) -> int:
     """Serve with ``settings.workers`` processes sharing one socket; metrics aggregated across them.
 
     prometheus-client's multiprocess mode: a fresh metrics directory for this start (removed on exit), set in
-    the environment the workers inherit; counters and histograms add up over every worker that ever ran,
-    gauges follow their ``multiprocess_mode`` over the live workers only.
+    the environment the workers inherit (prometheus-client reads it when a worker imports it); counters and
+    histograms add up over every worker that ever ran, gauges follow their ``multiprocess_mode`` over the
+    live workers only.
     """
     import uvicorn
     from uvicorn.supervisors import Multiprocess
@@ -175,7 +190,7 @@ def serve_workers(settings: Settings) -> int:
         janitor = threading.Thread(target=_forget_dead_workers, args=(directory, stop), daemon=True)
         try:
             config = uvicorn.Config(
-                WorkerApp(settings), factory=True, workers=settings.workers, **uvicorn_options(settings)
+                AppFactory(settings), factory=True, workers=settings.workers, **uvicorn_options(settings)
             )
             try:
                 sock = bind_socket(settings.host, settings.port)
@@ -190,6 +205,8 @@ def serve_workers(settings: Settings) -> int:
                 supervisor.run()
             failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
             return 1 if failed else 0
+        except KeyboardInterrupt:
+            return 0
         finally:
             stop.set()
             os.environ.pop(MULTIPROC_ENV, None)

@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(
         default=None,
-        description="When set, inference and metadata routes require 'Authorization: Bearer <key>'.",
+        description="When set, inference and metadata routes require 'Authorization: Bearer <key>' (one such "
+        "header). Printable ASCII without surrounding whitespace, else the service refuses to start.",
     )
     graceful_timeout: int = Field(
         default=8,

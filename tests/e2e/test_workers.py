@@ -41,7 +41,9 @@ def _wait_for_every_worker(srv: LiveServer, timeout: float = 60.0) -> None:
 
 def test_request_counts_add_up_whichever_worker_answers() -> None:
     before = _metrics_dirs()
-    srv = LiveServer("--model-repository", str(MODELS), "--workers", "2", "--log-level", "warning")
+    srv = LiveServer(
+        "--model-repository", str(MODELS), "--workers", "2", "--log-level", "info", "--access-log", "false"
+    )
     n = 40
     try:
         srv.wait_ready()  # one worker is
@@ -68,6 +70,8 @@ def test_request_counts_add_up_whichever_worker_answers() -> None:
             assert re.search(r"^bnserve_ready 1\.0$", text, re.M)
             assert re.search(r'^bnserve_drift_score\{.*replica="[^"]+:\d+".*\} ', text, re.M)
         assert 1 <= len(answered_by) <= 2
+        # --access-log false holds in the workers too: neither the service's line nor uvicorn's
+        assert not [line for line in srv.received() if ":predict" in line]
     finally:
         assert srv.stop() == 0
     assert _metrics_dirs() <= before  # removed on exit

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from contract import N_BINS, InputStats
-from service.drift import DriftConfig, DriftMonitor, psi, register_prometheus, stats_from_sample
+from service.drift import DriftConfig, DriftMonitor, psi, stats_from_sample
+from service.metrics import register_drift_gauges
 
 DIGITS = Path(__file__).resolve().parents[2] / "training" / "data" / "digits.csv.gz"
 LOGGER = "service.drift"
@@ -379,7 +380,7 @@ def test_prometheus_gauges(digits) -> None:
     stats, held_out, pixel_names = digits
     monitor = DriftMonitor(stats, pixel_names, name="digits")
     registry = CollectorRegistry(auto_describe=True)
-    register_prometheus(registry, lambda: {"digits": monitor})
+    register_drift_gauges(registry, lambda: {"digits": monitor})
     feed(monitor, 16 - held_out, batch=64)
     rep = monitor.report()
     text = generate_latest(registry).decode()
@@ -423,3 +424,15 @@ def test_a_shared_file_gives_one_estimate_across_processes(tmp_path: Path) -> No
     # A reset through one monitor is seen by every other one on the file.
     DriftMonitor(stats, names(8), shared=path).reset()
     assert here.report()["rows_seen"] == 0
+
+
+def test_the_report_rounds_away_float_noise() -> None:
+    # One feature whose training mean is 0.1 + 0.2 (0.30000000000000004 in float64) and whose live rows are
+    # all 0.1 + 0.2 too: the report reads 0.3 for both, and no shift at all.
+    noisy = 0.1 + 0.2
+    stats = InputStats([noisy], [1.0], [[float(k) for k in range(9)]], [[0.1] * N_BINS], 10)
+    monitor = DriftMonitor(stats, ["x"])
+    monitor.update(np.full((3, 1), noisy))
+    feature = monitor.report()["features"][0]
+    assert feature["mean_train"] == 0.3 and feature["mean_live"] == 0.3
+    assert feature["mean_shift"] == 0.0 and feature["std_live"] == 0.0
