@@ -114,7 +114,7 @@ def register_layer_prometheus(
     labels: Sequence[str] = ("model",),
 ) -> Any:
     """Register per-layer gauges (``bnserve_drift_layer_score{..., layer}``), read at scrape time from every
-    :class:`ModelDriftMonitor` among ``monitors`` (see :func:`service.drift.register_prometheus`)."""
+    :class:`ModelDriftMonitor` among ``monitors`` (see :func:`service.metrics.register_drift_gauges`)."""
     from prometheus_client.core import GaugeMetricFamily
 
     names = [*labels, "layer"]
