@@ -13,6 +13,7 @@ import asyncio
 import functools
 import itertools
 import os
+import re
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,10 @@ T = TypeVar("T")
 # Request ids: 16 random hex digits per process, then a counter; unique like uuid4, a fraction of its cost.
 _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count()
+
+
+#: A request id a caller may give (HTTP's X-Request-ID, gRPC's x-request-id): short, no spaces or controls.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def new_request_id() -> str:

@@ -31,6 +31,7 @@ import grpc
 from grpc import aio
 
 from service import proto, v2_grpc
+from service.dataplane import REQUEST_ID
 from service.errors import NotReady, ServiceError, Unauthorized
 from service.metrics import Metrics
 from service.repository import ModelRepository
@@ -60,7 +61,7 @@ Offload = Callable[..., Awaitable[Any]]
 
 
 class ServiceView(Protocol):
-    """What the servicer reads of the service state (``service.app.ServiceState``)."""
+    """What the servicer reads of the service state (``service.state.ServiceState``)."""
 
     settings: Settings
     metrics: Metrics
@@ -288,10 +289,8 @@ class InferenceServicer:
 
 def _request_id(metadata: Sequence[tuple[str, Any]]) -> str | None:
     """The caller's ``x-request-id``, when it is a sane one (same rule as HTTP's header)."""
-    from service.app import _REQUEST_ID
-
     given = next((v for k, v in metadata if k == "x-request-id"), None)
-    return given if isinstance(given, str) and _REQUEST_ID.fullmatch(given) else None
+    return given if isinstance(given, str) and REQUEST_ID.fullmatch(given) else None
 
 
 def server_options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]]:

@@ -7,7 +7,6 @@ the error handlers FastAPI calls give every other error the same ``{"error": "..
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Any
 
@@ -19,14 +18,12 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.dataplane import JSON, RequestInfo, new_request_id
+from service.dataplane import JSON, REQUEST_ID, RequestInfo, new_request_id
 from service.errors import PayloadTooLarge, ServiceError, Unauthorized
 from service.state import ServiceState
 
 log = logging.getLogger("bnserve")
 access_log = logging.getLogger("bnserve.access")
-
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -78,7 +75,7 @@ class RequestContext:
         started = time.perf_counter()
         headers = dict(scope["headers"])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
-        info = RequestInfo(given if _REQUEST_ID.fullmatch(given) else new_request_id())
+        info = RequestInfo(given if REQUEST_ID.fullmatch(given) else new_request_id())
         scope["bnserve.info"] = info
         declared = headers.get(b"content-length")
         if declared is None:

@@ -15,10 +15,11 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import ServiceState, new_request_id
+from service.dataplane import new_request_id
 from service.grpc_server import InferenceServicer, create_server
 from service.repository import load_repository
 from service.settings import Settings
+from service.state import ServiceState
 from service.tracing import Tracing
 from tests.service.conftest import settings_for
 
