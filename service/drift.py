@@ -139,11 +139,13 @@ class DriftMonitor:
         *,
         name: str = "model",
         shared: Path | None = None,
+        watches: str = "input",
     ) -> None:
         """``shared``: a file holding the live statistics, for every process that names it (one model, many
         workers: one estimate); created on first use. ``None`` keeps them in this process."""
         self.config = config or DriftConfig()
         self.name = name
+        self.watches = watches  # what the columns are, for the warning: "input", "hidden layer layer0", ...
         self.feature_names = list(feature_names)
         f = len(self.feature_names)
         self.n_features = f
@@ -338,9 +340,10 @@ class DriftMonitor:
                 state[_ARMED] = 1.0
         if fire:
             logger.warning(
-                "model %r: input drift score %.3f crossed the threshold %.3f (on %.0f effective rows, "
-                "%d seen); most shifted features: %s",
+                "model %r: %s drift score %.3f crossed the threshold %.3f (on %.0f effective rows, "
+                "%d seen); most shifted: %s",
                 self.name,
+                self.watches,
                 est.score,
                 self.config.threshold,
                 est.rows_effective,

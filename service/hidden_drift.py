@@ -14,7 +14,7 @@ nothing for them; ``benchmarks/drift.py`` measures the cost).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +54,12 @@ class ModelDriftMonitor(DriftMonitor):
         self._hidden_outputs = hidden_outputs
         self.layers = (
             [
-                LayerMonitor(h, DriftMonitor(h.stats, h.unit_names, self.config, name=f"{name} {h.name}"))
+                LayerMonitor(
+                    h,
+                    DriftMonitor(
+                        h.stats, h.unit_names, self.config, name=name, watches=f"hidden layer {h.name}"
+                    ),
+                )
                 for h in contract.hidden_stats
             ]
             if hidden_outputs is not None
@@ -95,46 +100,3 @@ class ModelDriftMonitor(DriftMonitor):
             "rows_effective": rep["rows_effective"],
             "top_units": rep["top_features"],
         }
-
-
-_LAYER_GAUGES = (
-    ("score", "bnserve_drift_layer_score", "Hidden-layer drift score: max over its units of PSI."),
-    (
-        "drifting",
-        "bnserve_drift_layer_drifting",
-        "1 if the layer's score is over the threshold on enough rows.",
-    ),
-)
-
-
-def register_layer_prometheus(
-    registry: Any,
-    monitors: Callable[[], Mapping[str | tuple[str, ...], DriftMonitor]],
-    *,
-    labels: Sequence[str] = ("model",),
-) -> Any:
-    """Register per-layer gauges (``bnserve_drift_layer_score{..., layer}``), read at scrape time from every
-    :class:`ModelDriftMonitor` among ``monitors`` (see :func:`service.metrics.register_drift_gauges`)."""
-    from prometheus_client.core import GaugeMetricFamily
-
-    names = [*labels, "layer"]
-
-    class LayerCollector:
-        def describe(self) -> Iterator[Any]:
-            yield from (GaugeMetricFamily(name, doc, labels=names) for _, name, doc in _LAYER_GAUGES)
-
-        def collect(self) -> Iterator[Any]:
-            fams = [GaugeMetricFamily(name, doc, labels=names) for _, name, doc in _LAYER_GAUGES]
-            for key_values, monitor in monitors().items():
-                if not isinstance(monitor, ModelDriftMonitor):
-                    continue
-                values = [key_values] if isinstance(key_values, str) else list(key_values)
-                for layer in monitor.layers:
-                    rep = layer.monitor.report()
-                    for (key, _, _), fam in zip(_LAYER_GAUGES, fams, strict=True):
-                        fam.add_metric([*values, layer.stats.name], float(rep[key]))
-            yield from fams
-
-    collector = LayerCollector()
-    registry.register(collector)
-    return collector

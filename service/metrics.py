@@ -185,6 +185,15 @@ _FEATURE_GAUGES = (
         "|live mean - training mean| / training std of a feature.",
     ),
 )
+_LAYER_GAUGES = (
+    # (layer report key, metric name, help); one sample per (model, hidden layer)
+    ("score", "bnserve_drift_layer_score", "Hidden-layer drift score: max over its units of PSI."),
+    (
+        "drifting",
+        "bnserve_drift_layer_drifting",
+        "1 if the layer's score is over the threshold on enough rows.",
+    ),
+)
 
 
 def register_drift_gauges(
@@ -199,26 +208,28 @@ def register_drift_gauges(
     ``monitors`` maps label values to monitors (a model name, or a tuple with one value per name in
     ``labels``, e.g. ``("digits", "1")`` for ``labels=("model", "version")``) and is called at each scrape,
     so models loaded later are picked up, values are never stale, and nothing runs on the prediction path.
-    ``per_feature`` adds one PSI and one mean-shift series per (model, feature). Returns the collector (to
-    unregister it).
+    ``per_feature`` adds one PSI and one mean-shift series per (model, feature); hidden layers
+    (:class:`service.hidden_drift.ModelDriftMonitor`) one score and one drifting series per (model, layer).
+    Returns the collector (to unregister it).
     """
     from prometheus_client.core import GaugeMetricFamily
 
     names = list(labels)
 
-    def families() -> tuple[list[Any], list[Any]]:
+    def families() -> tuple[list[Any], list[Any], list[Any]]:
         models = [GaugeMetricFamily(name, doc, labels=names) for _, name, doc in _GAUGES]
         feats = [GaugeMetricFamily(name, doc, labels=[*names, "feature"]) for _, name, doc in _FEATURE_GAUGES]
-        return models, feats if per_feature else []
+        layers = [GaugeMetricFamily(name, doc, labels=[*names, "layer"]) for _, name, doc in _LAYER_GAUGES]
+        return models, feats if per_feature else [], layers
 
     class DriftCollector:
         def describe(self) -> Iterator[Any]:
             # Without samples: registering must not call ``monitors`` (models may not be loaded yet).
-            models, feats = families()
-            yield from models + feats
+            models, feats, layers = families()
+            yield from models + feats + layers
 
         def collect(self) -> Iterator[Any]:
-            models, feats = families()
+            models, feats, layers = families()
             for key_values, monitor in monitors().items():
                 values = [key_values] if isinstance(key_values, str) else list(key_values)
                 if len(values) != len(names):
@@ -229,7 +240,10 @@ def register_drift_gauges(
                 for (key, _, _), fam in zip(_FEATURE_GAUGES, feats, strict=False):
                     for feat in rep["features"]:
                         fam.add_metric([*values, feat["name"]], feat[key])
-            yield from models + feats
+                for (key, _, _), fam in zip(_LAYER_GAUGES, layers, strict=True):
+                    for layer in rep.get("layers", ()):  # hidden layers (service.hidden_drift)
+                        fam.add_metric([*values, layer["name"]], float(layer[key]))
+            yield from models + feats + layers
 
     collector = DriftCollector()
     registry.register(collector)

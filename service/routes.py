@@ -167,6 +167,19 @@ class Endpoints:
             monitor.reset()
         return json_response(monitor.report() | {"model": model.name, "version": str(model.version)})
 
+    async def drift_sample(self, request: Request, name: str, version: str | None = None) -> Response:
+        model = self._model(request, name, version)
+        return await run_in_threadpool(self._sample_csv, model)  # formatting 1000 rows takes milliseconds
+
+    def _sample_csv(self, model: ModelRuntime) -> Response:
+        reservoir = self.state.sample(model)  # waits for the observers to catch up
+        filename = f"{model.name}-{model.version}-sample.csv"
+        return Response(
+            reservoir.to_csv(model.contract.feature_names),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+
     async def metrics(self, request: Request) -> Response:
         return Response(await run_in_threadpool(self.state.metrics.render), media_type=CONTENT_TYPE)
 
@@ -208,6 +221,17 @@ def route_table(state: ServiceState) -> list[Route]:
         "v1", schemas.V1PredictResponse, 400, 401, 404, 413, 503,
         openapi_extra=json_body("V1PredictRequest"), response_class=Response,
     )  # fmt: skip
+    sample_doc = {
+        "tags": ["drift"],
+        "response_class": Response,
+        "responses": {
+            200: {
+                "description": "CSV: a header of feature names, one sampled row per line.",
+                "content": {"text/csv": {}},
+            },
+            **errors(401, 404, 503),
+        },
+    }
     metrics_doc = {
         "tags": ["metrics"],
         "response_class": Response,
@@ -254,6 +278,14 @@ def route_table(state: ServiceState) -> list[Route]:
             drift_doc,
             description="Forget the live rows (after acting on a drift) and re-arm the warning; returns the "
             "empty report.",
+            guarded=True,
+        ),
+        *versioned(
+            "GET", models, "/drift/sample", e.drift_sample,
+            ("Sample of live inputs", "Sample of live inputs of a version"), sample_doc,
+            description="A uniform sample (reservoir) of the rows this version served, as CSV with a header of "
+            "feature names: the input of `python -m training adapt --rows`. Only with "
+            "BNSERVE_DRIFT_SAMPLE_ROWS > 0, which requires an API key: these are raw client inputs.",
             guarded=True,
         ),
         Route("GET", "/metrics", e.metrics, "Prometheus metrics", metrics_doc),

@@ -167,6 +167,18 @@ class DriftTopFeature(DriftFeature):
     index: int
 
 
+class DriftLayer(BaseModel):
+    """One hidden layer's drift: its units' outputs (Batch Norm's) against their training distribution."""
+
+    name: str = Field(description="The layer, e.g. layer0; its units are named <layer>.<unit>.")
+    output: str = Field(description="The graph output holding the layer's folded Gemm output.")
+    units: int
+    score: float = Field(description="Max over the layer's units of the PSI; 0 before any row.")
+    drifting: bool = Field(description="score > threshold, on at least min_rows effective rows.")
+    rows_effective: float
+    top_units: list[DriftTopFeature] = Field(description="The most shifted units, by PSI.")
+
+
 class DriftReport(BaseModel):
     """``GET /v2/models/{name}/drift``: how far the served rows are from the training distribution."""
 
@@ -200,6 +212,17 @@ class DriftReport(BaseModel):
                         }
                     ],
                     "features": [],
+                    "layers": [
+                        {
+                            "name": "layer0",
+                            "output": "layer0.z",
+                            "units": 256,
+                            "score": 1.31,
+                            "drifting": True,
+                            "rows_effective": 267.4,
+                            "top_units": [],
+                        }
+                    ],
                     "config": {"horizon_rows": 1000.0, "window_rows": 1000.0, "threshold": 0.25},
                 }
             ]
@@ -222,4 +245,9 @@ class DriftReport(BaseModel):
     drifting: bool = Field(description="score > threshold, on at least min_rows effective rows.")
     top_features: list[DriftTopFeature] = Field(description="The most shifted features, by PSI.")
     features: list[DriftFeature] = Field(description="Every feature, in input order.")
+    layers: list[DriftLayer] = Field(
+        default_factory=list,
+        description="Each hidden layer's drift, in forward order (empty for models exported without hidden "
+        "statistics, or with BNSERVE_DRIFT_LAYERS=false).",
+    )
     config: dict[str, Any]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.drift import DriftConfig
@@ -108,6 +108,19 @@ class Settings(BaseSettings):
     drift_top_k: int = Field(
         default=5, ge=1, le=1000, description="How many of the most shifted features a drift report names."
     )
+    drift_layers: bool = Field(
+        default=True,
+        description="Also monitor each hidden layer's outputs (models exported with hidden statistics); "
+        "computed on the observer thread, off the request path.",
+    )
+    drift_sample_rows: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="Keep a uniform sample of this many served rows per model version, downloadable as CSV "
+        "(GET .../drift/sample) for `python -m training adapt`; 0 keeps none. Needs BNSERVE_API_KEY: the "
+        "sample holds raw client inputs.",
+    )
 
     @field_validator("model_repository")
     @classmethod
@@ -130,6 +143,15 @@ class Settings(BaseSettings):
             raise ValueError("must not start or end with whitespace")
         if not (key.isascii() and key.isprintable()):
             raise ValueError("must be printable ASCII (no control or non-ASCII characters)")
+        return value
+
+    @field_validator("drift_sample_rows")
+    @classmethod
+    def _sample_needs_a_key(cls, value: int, info: ValidationInfo) -> int:
+        # The sample is raw client data: never downloadable without authentication. (api_key is declared
+        # before this field, so it has been validated already.)
+        if value and info.data.get("api_key") is None:
+            raise ValueError("needs BNSERVE_API_KEY (the sample holds raw client inputs)")
         return value
 
     def drift_config(self) -> DriftConfig:

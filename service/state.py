@@ -18,10 +18,12 @@ from contract import package_version
 from service.dataplane import Limits, Offload
 from service.drift import DriftMonitor
 from service.errors import ModelLoadError, NotFound, NotReady
+from service.hidden_drift import ModelDriftMonitor
 from service.metrics import Metrics
 from service.observers import ObserverFeeder
 from service.repository import ModelRepository, load_repository
 from service.runtime import ModelRuntime, Observer
+from service.sample import Reservoir
 from service.settings import Settings
 
 log = logging.getLogger("bnserve")
@@ -38,6 +40,7 @@ class ServiceState:
     metrics: Metrics = field(init=False)
     repository: ModelRepository | None = None
     drift: dict[tuple[str, int], DriftMonitor] = field(default_factory=dict)  # by (name, version)
+    samples: dict[tuple[str, int], Reservoir] = field(default_factory=dict)  # by (name, version), opt-in
     feeder: ObserverFeeder | None = None  # runs the observers, batched, on its own thread
     offload: Offload | None = None  # runs the blocking part of inference requests
     draining: bool = False
@@ -78,6 +81,15 @@ class ServiceState:
             self.feeder.flush()
         return monitor
 
+    def sample(self, model: ModelRuntime) -> Reservoir:
+        """The live-input sample of a loaded model, up to date; :class:`NotFound` when sampling is off."""
+        reservoir = self.samples.get((model.name, model.version))
+        if reservoir is None:
+            raise NotFound("the live-input sample is off (BNSERVE_DRIFT_SAMPLE_ROWS=0)")
+        if self.feeder is not None:
+            self.feeder.flush()
+        return reservoir
+
     def drift_labels(self) -> dict[str | tuple[str, ...], DriftMonitor]:
         """The monitors, up to date, keyed by their Prometheus label values ``(model, version)``."""
         if self.feeder is not None and self.drift:
@@ -98,16 +110,25 @@ class ServiceState:
         # Observers run on the feeder thread, batched, after the response's outputs: never on the loop and never
         # on a request's critical path.
         feeder = ObserverFeeder()
-        monitors = {}
+        monitors: dict[tuple[str, int], DriftMonitor] = {}
+        samples: dict[tuple[str, int], Reservoir] = {}
         for model in repository:
             what = f"{model.name}/{model.version}"
             if settings.drift_enabled:
-                monitor = DriftMonitor.from_contract(model.contract, settings.drift_config(), name=what)
+                # The hidden layers' outputs come from a second session run on the feeder thread, per burst.
+                hidden = model.hidden_outputs if settings.drift_layers else None
+                monitor = ModelDriftMonitor(
+                    model.contract, settings.drift_config(), name=what, hidden_outputs=hidden
+                )
                 model.observers.append(feeder.wrap(monitor.update, what))
                 monitors[(model.name, model.version)] = monitor
+            if settings.drift_sample_rows:
+                reservoir = Reservoir(settings.drift_sample_rows, model.n_features)
+                model.observers.append(feeder.wrap(reservoir.update, what))
+                samples[(model.name, model.version)] = reservoir
             if observers_for is not None:
                 model.observers.extend(feeder.wrap(observe, what) for observe in observers_for(model))
-        self.drift, self.feeder = monitors, feeder
+        self.drift, self.samples, self.feeder = monitors, samples, feeder
         self.offload = Offload(settings.inline_max_bytes)
         self.metrics.set_models(repository, time.perf_counter() - started)
         self.repository = repository

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from service.drift import DriftConfig
-from service.hidden_drift import ModelDriftMonitor, register_layer_prometheus
+from service.hidden_drift import ModelDriftMonitor
+from service.metrics import register_drift_gauges
 from service.runtime import load_model
 from service.sample import Reservoir
 
@@ -73,7 +74,7 @@ def test_layer_gauges_and_reset(exported):
     monitor = ModelDriftMonitor(model.contract, name="digits/1", hidden_outputs=model.hidden_outputs)
     stream(monitor, np.clip(ds.X[:400] * 1.5, 0, 16))
     registry = CollectorRegistry()
-    register_layer_prometheus(registry, lambda: {("digits", "1"): monitor}, labels=("model", "version"))
+    register_drift_gauges(registry, lambda: {("digits", "1"): monitor}, labels=("model", "version"))
     text = generate_latest(registry).decode()
     score = monitor.report()["layers"][1]["score"]
     assert f'bnserve_drift_layer_score{{layer="layer1",model="digits",version="1"}} {score}' in text

@@ -1,0 +1,89 @@
+"""Hidden-layer drift and the live-input sample, wired into the service, over the committed digits model."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import SettingsError, load_settings
+from tests.service.conftest import settings_for
+from tests.service.test_drift_service import Digits, brighter, committed_digits, report, send
+
+KEY = "sample-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+SAMPLE = "/v2/models/digits/drift/sample"
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
+    return committed_digits(tmp_path_factory.mktemp("committed"))
+
+
+def test_layers_stay_calm_on_held_out_rows_and_drift_on_shifted_ones(digits: Digits, caplog) -> None:
+    with TestClient(create_app(settings_for(digits.root, access_log=False))) as c:
+        assert [layer["name"] for layer in report(c)["layers"]] == ["layer0", "layer1"]
+        send(c, digits.held_out)
+        calm = report(c)
+        c.post("/v2/models/digits/drift/reset")
+        with caplog.at_level(logging.WARNING, logger="service.drift"):
+            send(c, brighter(digits.held_out))
+            shifted = report(c)
+        metrics = c.get("/metrics").text
+    for before, after in zip(calm["layers"], shifted["layers"], strict=True):
+        assert before["units"] == 256 and before["output"] == before["name"] + ".z"
+        # 269 rows, 256 units: the max over units of a PSI with a small-sample bias stays under the threshold
+        assert not before["drifting"] and before["score"] < calm["threshold"]
+        assert after["drifting"] and after["score"] > max(calm["threshold"], 2 * before["score"])
+        assert after["top_units"][0]["name"].startswith(after["name"] + ".")
+        assert before["rows_effective"] == pytest.approx(calm["rows_effective"])
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "'digits/1': hidden layer layer0 drift score" in warned
+    assert "'digits/1': hidden layer layer1 drift score" in warned
+    for layer in shifted["layers"]:
+        line = f'bnserve_drift_layer_score{{layer="{layer["name"]}",model="digits",version="1"}}'
+        assert line in metrics
+    assert 'bnserve_drift_layer_drifting{layer="layer1",model="digits",version="1"} 1.0' in metrics
+
+
+def test_layers_can_be_turned_off(digits: Digits) -> None:
+    with TestClient(create_app(settings_for(digits.root, drift_layers=False))) as c:
+        send(c, digits.held_out[:8])
+        assert report(c)["layers"] == []
+
+
+def test_the_sample_is_a_csv_of_served_rows_behind_the_key(digits: Digits) -> None:
+    settings = settings_for(digits.root, api_key=KEY, drift_sample_rows=100, access_log=False)
+    with TestClient(create_app(settings)) as c:
+        send(c, digits.held_out, headers=AUTH)
+        assert c.get(SAMPLE).status_code == 401
+        response = c.get(SAMPLE, headers=AUTH)
+        again = c.get("/v2/models/digits/versions/1/drift/sample", headers=AUTH)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+    assert 'filename="digits-1-sample.csv"' in response.headers["content-disposition"]
+    rows = list(csv.reader(io.StringIO(response.text)))
+    assert rows[0] == [f"pixel_{r}_{c}" for r in range(8) for c in range(8)]
+    sample = np.array(rows[1:], dtype=np.float32)
+    assert sample.shape == (100, 64)
+    # every sampled row is one of the rows served, each at most once
+    served = {tuple(r) for r in digits.held_out.tolist()}
+    assert all(tuple(r) in served for r in sample.tolist())
+    assert again.text == response.text
+
+
+def test_the_sample_is_off_by_default_and_needs_a_key(digits: Digits) -> None:
+    with TestClient(create_app(settings_for(digits.root))) as c:
+        response = c.get(SAMPLE)
+    assert response.status_code == 404
+    assert response.json() == {"error": "the live-input sample is off (BNSERVE_DRIFT_SAMPLE_ROWS=0)"}
+    with pytest.raises(SettingsError) as info:
+        load_settings(["--model-repository", str(digits.root), "--drift-sample-rows", "1000"])
+    assert str(info.value) == (
+        "invalid setting --drift-sample-rows / BNSERVE_DRIFT_SAMPLE_ROWS: needs BNSERVE_API_KEY (the sample "
+        "holds raw client inputs) (got '1000')"
+    )
