@@ -165,6 +165,9 @@ class Endpoints:
         monitor = self.state.drift_monitor(model)  # waits for the observers to catch up
         if reset:
             monitor.reset()
+            reservoir = self.state.samples.get((model.name, model.version))
+            if reservoir is not None:  # the live-input sample starts afresh too
+                reservoir.reset()
         return json_response(monitor.report() | {"model": model.name, "version": str(model.version)})
 
     async def drift_sample(self, request: Request, name: str, version: str | None = None) -> Response:
@@ -276,8 +279,8 @@ def route_table(state: ServiceState) -> list[Route]:
         *versioned(
             "POST", models, "/drift/reset", e.drift_reset, ("Reset input drift", "Reset input drift of a version"),
             drift_doc,
-            description="Forget the live rows (after acting on a drift) and re-arm the warning; returns the "
-            "empty report.",
+            description="Forget the live rows (after acting on a drift), the live-input sample included, and "
+            "re-arm the warning; returns the empty report.",
             guarded=True,
         ),
         *versioned(

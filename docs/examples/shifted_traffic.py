@@ -1,4 +1,5 @@
-"""Send the bundled digits to a running bnserve, optionally shifted, and print the accuracy the clients got.
+"""Send the bundled digits to a running bnserve, optionally shifted; print the accuracy the clients got and
+the service's drift report (input score and each hidden layer's).
 
     python docs/examples/shifted_traffic.py --shift dim [--url http://127.0.0.1:8000] [--api-key KEY]
 
@@ -59,9 +60,17 @@ def main() -> int:
             out = {o["name"]: o for o in json.load(resp)["outputs"]}
         labels += out["label"]["data"]
     n_requests = -(-len(X) // args.batch)
-    print(
-        f"sent {len(X)} rows ({args.shift}) in {n_requests} requests; accuracy {np.mean(np.array(labels) == y):.3f}"
-    )
+    accuracy = np.mean(np.array(labels) == y)
+    print(f"sent {len(X)} rows ({args.shift}) in {n_requests} requests; accuracy {accuracy:.3f}")
+    req = urllib.request.Request(f"{args.url}/v2/models/{args.model}/drift", headers=headers)
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        rep = json.load(resp)
+
+    def verdict(part: dict) -> str:
+        return f"{part['score']:.3f}" + (" DRIFTING" if part["drifting"] else "")
+
+    layers = "".join(f", {layer['name']} {verdict(layer)}" for layer in rep["layers"])
+    print(f"drift of version {rep['version']} (threshold {rep['threshold']}): inputs {verdict(rep)}{layers}")
     return 0
 
 

@@ -64,6 +64,8 @@ def test_the_sample_is_a_csv_of_served_rows_behind_the_key(digits: Digits) -> No
         assert c.get(SAMPLE).status_code == 401
         response = c.get(SAMPLE, headers=AUTH)
         again = c.get("/v2/models/digits/versions/1/drift/sample", headers=AUTH)
+        assert c.post("/v2/models/digits/drift/reset", headers=AUTH).status_code == 200
+        emptied = c.get(SAMPLE, headers=AUTH)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
     assert 'filename="digits-1-sample.csv"' in response.headers["content-disposition"]
     rows = list(csv.reader(io.StringIO(response.text)))
@@ -74,6 +76,7 @@ def test_the_sample_is_a_csv_of_served_rows_behind_the_key(digits: Digits) -> No
     served = {tuple(r) for r in digits.held_out.tolist()}
     assert all(tuple(r) in served for r in sample.tolist())
     assert again.text == response.text
+    assert emptied.text == response.text.splitlines()[0] + "\n"  # the reset forgot the sample: header only
 
 
 def test_the_sample_is_off_by_default_and_needs_a_key(digits: Digits) -> None:
