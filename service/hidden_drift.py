@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,15 +50,23 @@ class ModelDriftMonitor(DriftMonitor):
         *,
         name: str = "model",
         hidden_outputs: HiddenOutputs | None = None,
+        shared: Path | None = None,
     ) -> None:
-        super().__init__(contract.input_stats, contract.feature_names, config, name=name)
+        """``shared``: the inputs' state file shared by the workers (see :class:`DriftMonitor`); each layer
+        keeps its own beside it, ``<shared>.<layer>``."""
+        super().__init__(contract.input_stats, contract.feature_names, config, name=name, shared=shared)
         self._hidden_outputs = hidden_outputs
         self.layers = (
             [
                 LayerMonitor(
                     h,
                     DriftMonitor(
-                        h.stats, h.unit_names, self.config, name=name, watches=f"hidden layer {h.name}"
+                        h.stats,
+                        h.unit_names,
+                        self.config,
+                        name=name,
+                        watches=f"hidden layer {h.name}",
+                        shared=None if shared is None else shared.with_name(f"{shared.name}.{h.name}"),
                     ),
                 )
                 for h in contract.hidden_stats

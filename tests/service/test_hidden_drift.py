@@ -118,3 +118,21 @@ def test_reservoir_csv_round_trips_and_drops_non_finite():
     assert r.rows().shape == (0, 2)
     with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
         r.update(np.zeros((1, 3)))
+
+
+def test_workers_share_the_layer_statistics(exported, tmp_path):
+    """Two monitors on one state file (two workers) see each other's rows, hidden layers included."""
+    model, ds, _ = exported
+    path = tmp_path / "digits-1.drift"
+    a = ModelDriftMonitor(model.contract, name="digits/1", hidden_outputs=model.hidden_outputs, shared=path)
+    b = ModelDriftMonitor(model.contract, name="digits/1", hidden_outputs=model.hidden_outputs, shared=path)
+    a.update(ds.X[:30].astype(np.float32))
+    b.update(ds.X[30:50].astype(np.float32))
+    ra, rb = a.report(), b.report()
+    assert ra["rows_seen"] == rb["rows_seen"] == 50
+    assert [layer["score"] for layer in ra["layers"]] == [layer["score"] for layer in rb["layers"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "digits-1.drift",
+        "digits-1.drift.layer0",
+        "digits-1.drift.layer1",
+    ]
