@@ -96,7 +96,8 @@ def infer_v2(
     body = decompress(body, encoding, limits.max_body_bytes)
     request = v2.parse_infer_request(body, header_length, model, limits.max_batch_rows)
     info.rows = len(request.x)
-    content, headers = v2.encode_infer_response(model, request, model.predict(request.x))
+    hidden = [name for name, _ in request.outputs if name in model.hidden_output_names]  # asked for by name
+    content, headers = v2.encode_infer_response(model, request, model.predict(request.x, hidden))
     return Reply(content, headers)
 
 

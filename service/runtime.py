@@ -55,11 +55,14 @@ class ModelRuntime:
     observers: list[Observer] = field(default_factory=list)
     #: Computed once: ``predict`` runs per request, and a property rebuilding these showed in the profile.
     output_names: tuple[str, ...] = field(init=False)
+    #: The hidden layers' outputs (``bnserve.hidden_stats``): computed for a client only when it names them.
+    hidden_output_names: tuple[str, ...] = field(init=False)
     _run_names: list[str] = field(init=False, repr=False)
     _float_outputs: tuple[int, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.output_names = tuple(spec.name for spec in self.output_specs)
+        self.hidden_output_names = tuple(h.output for h in self.contract.hidden_stats)
         self._run_names = list(self.output_names)
         self._float_outputs = tuple(i for i, s in enumerate(self.output_specs) if s.datatype.startswith("FP"))
 
@@ -71,8 +74,9 @@ class ModelRuntime:
     def is_classification(self) -> bool:
         return self.contract.task == contract.TASK_CLASSIFICATION
 
-    def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the frozen test-time graph on float32 rows ``x`` (N, F); every output, all finite.
+    def predict(self, x: np.ndarray, hidden: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """Run the frozen test-time graph on float32 rows ``x`` (N, F); every output, all finite, plus the
+        hidden outputs named in ``hidden`` (from :attr:`hidden_output_names`) when a client asks for them.
 
         Each row is computed independently of the others (BatchNorm is folded into the weights), so a
         row's result does not depend on the batch it came in.
@@ -81,7 +85,8 @@ class ModelRuntime:
             raise BadRequest(
                 f"expected float32 rows of {self.n_features} features, got {x.dtype} {list(x.shape)}"
             )
-        results = self.session.run(self._run_names, {contract.INPUT_NAME: x})
+        names = self._run_names if not hidden else [*self._run_names, *hidden]
+        results = self.session.run(names, {contract.INPUT_NAME: x})
         for i in self._float_outputs:
             values = results[i]
             # One reduction instead of an isfinite array: a NaN or inf anywhere makes the max non-finite.
@@ -91,7 +96,7 @@ class ModelRuntime:
                     f"the model produced a non-finite {self._run_names[i]!r} for row {row}; "
                     "its inputs are probably far outside the training range"
                 )
-        out = dict(zip(self.output_names, results))
+        out = dict(zip(names, results))
         for observe in self.observers:
             try:
                 observe(x)

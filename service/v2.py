@@ -213,10 +213,15 @@ def _requested_outputs(
         if not isinstance(item, dict):
             raise BadRequest(f"each requested output must be an object, got {describe(item)}")
         name = item.get("name")
-        if name not in model.output_names:
+        if name not in model.output_names and name not in model.hidden_output_names:
             shown = repr(name[:64]) if isinstance(name, str) else describe(name)
+            hidden = (
+                f" (and, on request, the hidden {list(model.hidden_output_names)})"
+                if model.hidden_output_names
+                else ""
+            )
             raise BadRequest(
-                f"unknown output {shown}; model {model.name!r} outputs {list(model.output_names)}"
+                f"unknown output {shown}; model {model.name!r} outputs {list(model.output_names)}{hidden}"
             )
         if any(name == seen for seen, _ in chosen):
             raise BadRequest(f"output {name!r} is requested twice")
@@ -235,6 +240,7 @@ def encode_infer_response(
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers (binary outputs appended after the JSON header)."""
     datatypes = {spec.name: spec.datatype for spec in model.output_specs}
+    datatypes.update(dict.fromkeys(model.hidden_output_names, "FP32"))
     entries: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, as_binary in request.outputs:

@@ -90,3 +90,35 @@ def test_the_sample_is_off_by_default_and_needs_a_key(digits: Digits) -> None:
         "invalid setting --drift-sample-rows / BNSERVE_DRIFT_SAMPLE_ROWS: needs BNSERVE_API_KEY (the sample "
         "holds raw client inputs) (got '1000')"
     )
+
+
+def test_hidden_outputs_only_when_a_client_names_them(digits: Digits) -> None:
+    import onnxruntime as ort
+
+    x = digits.held_out[:3]
+    tensor = {"name": "input", "shape": [3, 64], "datatype": "FP32", "data": x.ravel().tolist()}
+    with TestClient(create_app(settings_for(digits.root))) as c:
+        plain = c.post("/v2/models/digits/infer", json={"inputs": [tensor]}).json()
+        asked = c.post(
+            "/v2/models/digits/infer",
+            json={"inputs": [tensor], "outputs": [{"name": "label"}, {"name": "layer1.z"}]},
+        ).json()
+        unknown = c.post(
+            "/v2/models/digits/infer", json={"inputs": [tensor], "outputs": [{"name": "layer9.z"}]}
+        )
+        metadata = c.get("/v2/models/digits").json()
+    assert [o["name"] for o in plain["outputs"]] == ["probabilities", "label"]
+    assert [o["name"] for o in metadata["outputs"]] == ["probabilities", "label"]
+    label, hidden = asked["outputs"]
+    assert label["data"] == plain["outputs"][1]["data"]
+    assert hidden["datatype"] == "FP32" and hidden["shape"] == [3, 256]
+    sess = ort.InferenceSession(
+        str(digits.root / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (expected,) = sess.run(["layer1.z"], {"input": x})
+    np.testing.assert_allclose(np.reshape(hidden["data"], (3, 256)), expected, rtol=1e-6, atol=1e-6)
+    assert unknown.status_code == 400
+    assert unknown.json()["error"] == (
+        "unknown output 'layer9.z'; model 'digits' outputs ['probabilities', 'label'] "
+        "(and, on request, the hidden ['layer0.z', 'layer1.z'])"
+    )
