@@ -6,7 +6,7 @@ import asyncio
 import gzip
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -233,13 +233,13 @@ def test_onnxruntime_runs_off_the_event_loop_unless_asked(
     def observers_for(model: ModelRuntime) -> list:
         real = model.predict
 
-        def predict(x: np.ndarray) -> dict[str, np.ndarray]:
+        def predict(x: np.ndarray, hidden: Sequence[str] = ()) -> dict[str, np.ndarray]:
             try:
                 asyncio.get_running_loop()
                 seen.append(True)
             except RuntimeError:
                 seen.append(False)
-            return real(x)
+            return real(x, hidden)
 
         model.predict = predict  # type: ignore[method-assign]
         return []
