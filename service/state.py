@@ -123,7 +123,8 @@ class ServiceState:
                 model.observers.append(feeder.wrap(monitor.update, what))
                 monitors[(model.name, model.version)] = monitor
             if settings.drift_sample_rows:
-                reservoir = Reservoir(settings.drift_sample_rows, model.n_features)
+                # A fixed seed: the same traffic gives the same sample (still uniform over the rows)
+                reservoir = Reservoir(settings.drift_sample_rows, model.n_features, seed=0)
                 model.observers.append(feeder.wrap(reservoir.update, what))
                 samples[(model.name, model.version)] = reservoir
             if observers_for is not None:

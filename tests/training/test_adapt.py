@@ -261,3 +261,20 @@ def test_adapt_refuses_unknown_models_and_bad_cells(repo, digits):
         r.returncode == 2
         and r.stderr == f"error: {bad}: row 2, column 'pixel_0_0' is not a finite number: 'abc'\n"
     )
+
+
+def test_the_verification_catches_a_wrong_adapted_fold(trained, digits):
+    """At adapt's tolerance, a fold that forgot one pixel's correction is refused; the right fold passes."""
+    mc = E.make_contract(trained)
+    layers = E.fold_model(trained.model)
+    X = dim(digits.X[trained.split.train])
+    ad = A.adapt_layers(layers, mc.input_stats, mc.hidden_stats, X, mc.task)
+    unfolded = A.build_corrected(layers, ad, mc, 2)
+    report = E.verify(E.build_folded(ad.layers, mc, 2), unfolded, ad, X, A.ADAPT_TOLERANCE)
+    assert report["folded_vs_numpy"] < A.ADAPT_TOLERANCE / 5
+    j = 36  # pixel_4_4, in the middle of every digit
+    forgot = A.Correction(ad.inputs.alpha.copy(), ad.inputs.delta.copy())
+    forgot.alpha[j], forgot.delta[j] = 1.0, 0.0
+    wrong = A.fold_corrections(layers, forgot, ad.hidden)
+    with pytest.raises(E.ExportError, match="verification failed"):
+        E.verify(E.build_folded(wrong, mc, 2), unfolded, ad, X, A.ADAPT_TOLERANCE)
