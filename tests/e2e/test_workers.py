@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -22,8 +21,8 @@ from service.server import bind_socket
 pytestmark = pytest.mark.slow
 
 
-def _metrics_dirs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("bnserve-metrics-*")}
+def _metrics_dirs(tmp: Path) -> set[str]:
+    return {p.name for p in tmp.glob("bnserve-metrics-*")}
 
 
 def _scrape(srv: LiveServer) -> str:
@@ -39,16 +38,25 @@ def _wait_for_every_worker(srv: LiveServer, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-def test_request_counts_add_up_whichever_worker_answers() -> None:
-    before = _metrics_dirs()
+def test_request_counts_add_up_whichever_worker_answers(tmp_path: Path) -> None:
+    # A temporary directory of this test's own: other servers on the machine make metrics directories too.
+    before = _metrics_dirs(tmp_path)
     srv = LiveServer(
-        "--model-repository", str(MODELS), "--workers", "2", "--log-level", "info", "--access-log", "false"
+        "--model-repository",
+        str(MODELS),
+        "--workers",
+        "2",
+        "--log-level",
+        "info",
+        "--access-log",
+        "false",
+        env={"TMPDIR": str(tmp_path)},
     )
     n = 40
     try:
         srv.wait_ready()  # one worker is
         _wait_for_every_worker(srv)
-        assert len(_metrics_dirs() - before) == 1  # a fresh metrics directory for this start
+        assert len(_metrics_dirs(tmp_path) - before) == 1  # a fresh metrics directory for this start
         x = np.random.default_rng(0).integers(0, 17, size=(1, 64)).astype(np.float32)
         body = json.dumps({"instances": x.tolist()}).encode()
         answered_by = set()
@@ -74,7 +82,7 @@ def test_request_counts_add_up_whichever_worker_answers() -> None:
         assert not [line for line in srv.received() if ":predict" in line]
     finally:
         assert srv.stop() == 0
-    assert _metrics_dirs() <= before  # removed on exit
+    assert _metrics_dirs(tmp_path) <= before  # removed on exit
 
 
 def test_the_shared_socket_gives_accepted_connections_tcp_nodelay() -> None:
