@@ -8,6 +8,7 @@ payload.
 
 from __future__ import annotations
 
+from array import array
 from itertools import chain
 from typing import Any
 
@@ -49,29 +50,67 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
-def numbers_to_rows(flat: list[Any], n_rows: int, n_cols: int, integral: bool = False) -> np.ndarray:
+def has_literals(body: bytes | memoryview) -> bool:
+    """Whether a JSON text may hold ``true`` or ``false`` (a C-level scan; strings may cause false alarms)."""
+    raw = body if isinstance(body, bytes) else bytes(body)
+    return b"true" in raw or b"false" in raw
+
+
+def numbers_to_rows(
+    flat: list[Any],
+    n_rows: int,
+    n_cols: int,
+    integral: bool = False,
+    *,
+    booleans_possible: bool = True,
+    bounds: tuple[float, float] | None = None,
+) -> np.ndarray:
     """A flat list of ``n_rows * n_cols`` JSON numbers -> finite float32 (n_rows, n_cols).
 
     Strings, booleans, nulls and nested lists are refused (numpy would quietly turn ``"1"`` or ``true`` into
-    1.0); with ``integral`` the values must be whole numbers (an INT datatype was declared).
+    1.0); with ``integral`` the values must be whole numbers (an INT datatype was declared); with ``bounds``
+    they must lie within them (the declared datatype's range). ``booleans_possible=False`` (the body holds
+    no ``true``/``false``: :func:`has_literals`) allows the fast conversion: ``array('d', ...)`` refuses every
+    other non-number by itself, in one C loop, where a type check of each element cost as much again.
     """
-    types = set(map(type, flat))
-    if not types <= _NUMBER_TYPES:
-        i = next(i for i, v in enumerate(flat) if type(v) not in _NUMBER_TYPES)
-        r, c = divmod(i, n_cols)
-        raise BadRequest(f"value at row {r}, column {c} is {describe(flat[i])}; expected a number")
-    try:
-        values = np.array(flat, dtype=np.float64).reshape(n_rows, n_cols)  # (N, F)
-    except OverflowError:  # a JSON integer beyond the float64 range
-        raise BadRequest(
-            "a value is far outside the float32 range; expected a finite float32 number"
-        ) from None
-    if integral and float in types:
+    values: np.ndarray | None = None
+    if not booleans_possible:
+        try:
+            values = np.frombuffer(array("d", flat), dtype=np.float64)  # (N * F,)
+        except OverflowError:  # a JSON integer beyond the float64 range
+            raise BadRequest(
+                "a value is far outside the float32 range; expected a finite float32 number"
+            ) from None
+        except TypeError:
+            values = None  # a non-number somewhere: the exact check below names it
+    if values is None:
+        types = set(map(type, flat))
+        if not types <= _NUMBER_TYPES:
+            i = next(i for i, v in enumerate(flat) if type(v) not in _NUMBER_TYPES)
+            r, c = divmod(i, n_cols)
+            raise BadRequest(f"value at row {r}, column {c} is {describe(flat[i])}; expected a number")
+        try:
+            values = np.array(flat, dtype=np.float64)
+        except OverflowError:  # a JSON integer beyond the float64 range
+            raise BadRequest(
+                "a value is far outside the float32 range; expected a finite float32 number"
+            ) from None
+    values = values.reshape(n_rows, n_cols)  # (N, F)
+    if integral:
         whole = np.floor(values) == values
         if not whole.all():
             r, c = (int(i) for i in np.argwhere(~whole)[0])
             raise BadRequest(
                 f"value at row {r}, column {c} is not an integer, but an INT datatype was declared"
+            )
+    if bounds is not None:
+        low, high = bounds
+        if not (values.min(initial=low) >= low and values.max(initial=high) <= high):
+            ok = (values >= low) & (values <= high)
+            r, c = (int(i) for i in np.argwhere(~ok)[0])
+            raise BadRequest(
+                f"value at row {r}, column {c} is {float(values[r, c]):g}, outside the declared datatype's "
+                f"range [{low:g}, {high:g}]"
             )
     return to_float32_rows(values)
 

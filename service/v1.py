@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 
 import contract
-from service.decoding import describe, loads, nested_rows, numbers_to_rows
+from service.decoding import describe, has_literals, loads, nested_rows, numbers_to_rows
 from service.errors import BadRequest, PayloadTooLarge
 from service.runtime import ModelRuntime
 
@@ -39,7 +39,7 @@ def parse_predict_request(body: bytes, model: ModelRuntime, max_rows: int) -> np
         flat = _named_rows(instances, model.contract.feature_names)
     else:
         flat = nested_rows(instances, n_features)
-    return numbers_to_rows(flat, len(instances), n_features)
+    return numbers_to_rows(flat, len(instances), n_features, booleans_possible=has_literals(body))
 
 
 def _named_rows(instances: list[Any], names: list[str]) -> list[Any]:

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 
 import contract
-from service.decoding import describe, loads, nested_rows, numbers_to_rows, to_float32_rows
+from service.decoding import describe, has_literals, loads, nested_rows, numbers_to_rows, to_float32_rows
 from service.errors import BadRequest, PayloadTooLarge
 from service.runtime import ModelRuntime
 
@@ -41,6 +41,12 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     }.items()
 }
 _KNOWN_UNSUPPORTED = {"BOOL", "BYTES", "BF16"}
+#: What a JSON value may be for each datatype but FP32 and FP64 (whose range is float32's, checked for all).
+BOUNDS: dict[str, tuple[float, float]] = {
+    name: (float(np.iinfo(dtype).min), float(np.iinfo(dtype).max))
+    for name, dtype in DATATYPES.items()
+    if dtype.kind in "iu"
+} | {"FP16": (-float(np.finfo(np.float16).max), float(np.finfo(np.float16).max))}
 
 
 @dataclass(frozen=True)
@@ -101,9 +107,11 @@ def parse_infer_request(
         if not 0 <= json_size <= len(body):
             raise BadRequest(f"{HEADER_LENGTH} is {json_size} but the body has only {len(body)} bytes")
         view = memoryview(body)
-        request = loads(view[:json_size])
+        head = view[:json_size]
+        request = loads(head)
         binary = view[json_size:]
     else:
+        head = memoryview(body)
         request = loads(body)
         binary = memoryview(b"")
     if not isinstance(request, dict):
@@ -122,13 +130,18 @@ def parse_infer_request(
         raise BadRequest(
             f"model {model.name!r} takes one input tensor {contract.INPUT_NAME!r}, got {len(inputs)}"
         )
-    x = _decode_input(inputs[0], model, max_rows, binary, header_length is not None)
+    x = _decode_input(inputs[0], model, max_rows, binary, header_length is not None, has_literals(head))
     outputs = _requested_outputs(request.get("outputs"), model, binary_default)
     return InferRequest(x=x, outputs=outputs, id=request_id)
 
 
 def _decode_input(
-    tensor: Any, model: ModelRuntime, max_rows: int, binary: memoryview, has_binary_header: bool
+    tensor: Any,
+    model: ModelRuntime,
+    max_rows: int,
+    binary: memoryview,
+    has_binary_header: bool,
+    booleans_possible: bool = True,
 ) -> np.ndarray:
     if not isinstance(tensor, dict):
         raise BadRequest(f"an input tensor must be an object, got {describe(tensor)}")
@@ -179,7 +192,14 @@ def _decode_input(
             raise BadRequest(f"shape {shape} needs {n_rows * n_cols} values but 'data' has {len(data)}")
         else:
             flat = data
-        return numbers_to_rows(flat, n_rows, n_cols, integral=DATATYPES[datatype].kind in "iu")
+        return numbers_to_rows(
+            flat,
+            n_rows,
+            n_cols,
+            integral=DATATYPES[datatype].kind in "iu",
+            booleans_possible=booleans_possible,
+            bounds=BOUNDS.get(datatype),
+        )
 
     if "data" in tensor:
         raise BadRequest("input 'input' has both 'data' and parameter binary_data_size")

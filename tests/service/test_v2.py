@@ -184,3 +184,63 @@ def test_row_is_independent_of_its_batch(client: TestClient) -> None:
             "data"
         ]
         np.testing.assert_array_equal(alone, batch[i])
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value", "message"),
+    [
+        ("UINT8", -5, "value at row 0, column 1 is -5, outside the declared datatype's range [0, 255]"),
+        ("INT8", 1000, "value at row 0, column 1 is 1000, outside the declared datatype's range [-128, 127]"),
+        ("UINT16", 70000, "outside the declared datatype's range [0, 65535]"),
+        (
+            "FP16",
+            70000.0,
+            "value at row 0, column 1 is 70000, outside the declared datatype's range [-65504, 65504]",
+        ),
+    ],
+)
+def test_json_values_must_fit_their_declared_datatype(
+    client: TestClient, datatype: str, value: float, message: str
+) -> None:
+    row = [0.0, float(value), 0.0, 0.0]
+    r = client.post("/v2/models/iris/infer", json=infer_json(np.array([row]), datatype))
+    assert r.status_code == 400
+    assert message in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value"), [("UINT8", 255), ("INT8", -128), ("FP16", 65504.0), ("INT64", 2**62)]
+)
+def test_json_values_at_the_edge_of_their_datatype_pass(
+    client: TestClient, datatype: str, value: float
+) -> None:
+    r = client.post("/v2/models/iris/infer", json=infer_json(np.array([[0, value, 0, 0]]), datatype))
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("true", "a boolean"), ("false", "a boolean"), ('"1"', "a string"), ("null", "null"), ("[1]", "a list")],
+)
+def test_non_numbers_are_named_whichever_decoder_runs(client: TestClient, value: str, shown: str) -> None:
+    # Both bodies hold the same bad value; the second also has "true" in the id, which sends every body through
+    # the exact per-element check rather than the fast conversion.
+    for request_id in ("plain", "true"):
+        body = (
+            f'{{"id": "{request_id}", "inputs": [{{"name": "input", "shape": [2, 4], "datatype": "FP32", '
+            f'"data": [1, 2, 3, 4, 5, {value}, 7, 8]}}]}}'
+        )
+        r = client.post("/v2/models/iris/infer", content=body)
+        assert r.status_code == 400
+        assert r.json()["error"] == f"value at row 1, column 1 is {shown}; expected a number"
+
+
+def test_fast_and_exact_decoding_agree() -> None:
+    from service.decoding import numbers_to_rows
+
+    rng = np.random.default_rng(3)
+    flat = [*rng.normal(size=60).tolist(), *rng.integers(-1000, 1000, size=4).tolist()]
+    fast = numbers_to_rows(flat, 8, 8, booleans_possible=False)
+    exact = numbers_to_rows(flat, 8, 8, booleans_possible=True)
+    np.testing.assert_array_equal(fast, exact)
+    np.testing.assert_array_equal(fast, np.array(flat, dtype=np.float64).astype(np.float32).reshape(8, 8))
