@@ -8,6 +8,13 @@ strings, inconsistent binary sizes, empty batch, too many rows, an oversized bod
 the status it must get. Prints requests/s, latency percentiles, the count of unexpected statuses (must be 0)
 and the server's resident memory after a warm-up and at the end (growth beyond noise means a leak).
 
+Meanwhile, during the measured phase, attackers that need no key (``--attackers`` of each kind, 0 to turn them
+off): **header floods** (a request line, then header bytes without end: must get 431 or a close, never 200),
+**slow clients** (half a request line, then one byte a second: closed by the header timeout), and
+**disconnects mid-body** (half a body, then gone: counted as 499 by the server, never 5xx). A prober asks
+``/v2/health/live`` every 100 ms throughout; each probe must be answered within ``--probe-timeout``. After the
+run, ``/metrics`` must show no 5xx and the 499s of the disconnects.
+
     python -m benchmarks.load                       # 100,000 requests, at most 300 s
     python -m benchmarks.load --requests 5000       # a short run
 """
@@ -20,8 +27,11 @@ import contextlib
 import gzip
 import json
 import random
+import re
 import sys
+import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,6 +201,109 @@ async def client(
         writer.close()
 
 
+@dataclass
+class Attacks:
+    """What the attackers and the health prober saw."""
+
+    floods: int = 0  # header floods sent
+    floods_answered: list[bytes] = field(default_factory=list)  # the status line each got (b"" for a close)
+    slow: int = 0
+    slow_closed: int = 0  # slow clients the server closed before the run ended
+    disconnects: int = 0
+    probes: list[float] = field(default_factory=list)  # seconds per health probe; inf when it timed out
+
+
+async def _status_line(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    try:
+        return (await asyncio.wait_for(reader.readline(), timeout)).strip()
+    except (ConnectionError, asyncio.TimeoutError):
+        return b""
+
+
+async def header_flood(port: int, stop_at: list[float], result: Attacks) -> None:
+    """Connections that send header bytes without end (up to 4 MiB each), one after another."""
+    while time.monotonic() < stop_at[0]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        result.floods += 1
+        try:
+            writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Flood: ")
+            for _ in range(64):
+                writer.write(b"a" * 65536)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        result.floods_answered.append(await _status_line(reader, 10))
+        writer.close()
+
+
+async def slow_client(port: int, stop_at: list[float], result: Attacks) -> None:
+    """Half a request line, then a byte a second: a connection held open for as long as the server lets it."""
+    while time.monotonic() < stop_at[0]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        result.slow += 1
+        closed = False
+        try:
+            writer.write(b"GET /v2/health/live HTTP/1.1\r\nX-Slow: ")
+            while time.monotonic() < stop_at[0]:
+                writer.write(b"a")
+                await writer.drain()
+                if reader.at_eof() or await _status_line(reader, 1.0):
+                    closed = True
+                    break
+        except ConnectionError:
+            closed = True
+        result.slow_closed += closed
+        writer.close()
+
+
+async def disconnect_mid_body(port: int, stop_at: list[float], result: Attacks, body: bytes) -> None:
+    """An inference request whose client goes away after half its body, over and over."""
+    head = (
+        f"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    while time.monotonic() < stop_at[0]:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + body[: len(body) // 2])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()
+        result.disconnects += 1
+        await asyncio.sleep(0.05)
+
+
+async def probe_health(port: int, stop_at: list[float], timeout: float, result: Attacks) -> None:
+    """``GET /v2/health/live`` on a fresh connection every 100 ms, as a kubelet would."""
+    while time.monotonic() < stop_at[0]:
+        started = time.perf_counter()
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+            writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            line = await asyncio.wait_for(reader.readline(), timeout)
+            writer.close()
+            ok = line.startswith(b"HTTP/1.1 200")
+        except (ConnectionError, asyncio.TimeoutError):
+            ok = False
+        result.probes.append(time.perf_counter() - started if ok else float("inf"))
+        await asyncio.sleep(0.1)
+
+
+async def attack(port: int, stop_at: list[float], attackers: int, probe_timeout: float) -> Attacks:
+    """Every kind of attacker, ``attackers`` of each, and the health prober, until ``stop_at[0]`` (monotonic
+    seconds; another thread may bring it forward)."""
+    result = Attacks()
+    body = cases()[0].body
+    tasks = [probe_health(port, stop_at, probe_timeout, result)]
+    for _ in range(attackers):
+        tasks += [
+            header_flood(port, stop_at, result),
+            slow_client(port, stop_at, result),
+            disconnect_mid_body(port, stop_at, result, body),
+        ]
+    await asyncio.gather(*tasks)
+    return result
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -221,11 +334,16 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=3000, help="requests before the first memory reading")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoints", type=int, default=5, help="memory readings during the measured phase")
+    p.add_argument(
+        "--attackers", type=int, default=2, help="attackers of each kind during the measured phase"
+    )
+    p.add_argument("--probe-timeout", type=float, default=1.0, help="seconds a health probe may take")
     args = p.parse_args()
 
     server = LiveServer(
         "--log-level", "warning",
         "--api-key", KEY, "--max-batch-rows", str(MAX_ROWS), "--max-body-bytes", str(MAX_BODY),
+        "--header-timeout", "2", "--body-timeout", "2",  # short, so that the slow clients meet them in the run
     )  # fmt: skip
     port = server.port
     try:
@@ -237,6 +355,15 @@ def main() -> int:
         # allocator noise levels off.
         tally, elapsed = Tally(), 0.0
         deadline = time.monotonic() + args.seconds
+        attack_until = [deadline]
+        attacks: list[Attacks] = []
+        attacker = threading.Thread(
+            target=lambda: attacks.append(
+                asyncio.run(attack(port, attack_until, args.attackers, args.probe_timeout))
+            )
+        )
+        if args.attackers:
+            attacker.start()
         for part in range(args.checkpoints):
             n = args.requests // args.checkpoints
             t, dt = asyncio.run(run(port, n, args.concurrency, deadline - time.monotonic(), args.seed + part))
@@ -244,8 +371,12 @@ def main() -> int:
             elapsed += dt
             time.sleep(0.2)
             rss.append(rss_kib(server.proc.pid))
+        attack_until[0] = 0.0
+        if args.attackers:
+            attacker.join(60)
         rss_before, rss_after = rss[0], rss[-1]
         alive = server.proc.poll() is None
+        statuses = scraped_statuses(port) if alive else {}
     finally:
         server.stop()
 
@@ -266,7 +397,32 @@ def main() -> int:
     print(f"unexpected statuses: {bad}")
     for line in tally.unexpected:
         print("  " + line)
-    return 0 if bad == 0 and alive else 1
+    failed = bad > 0 or not alive
+    if attacks:
+        a = attacks[0]
+        answered = [line[9:12].decode() or "close" for line in a.floods_answered]
+        wrong_floods = [x for x in answered if x not in ("431", "close")]
+        probes = np.array(a.probes)
+        late = int((probes > args.probe_timeout).sum())
+        errors_5xx = sum(n for code, n in statuses.items() if code.startswith("5"))
+        print(f"# header floods: {a.floods} ({', '.join(f'{k}: {answered.count(k)}' for k in sorted(set(answered)))})"
+              f"; slow clients: {a.slow}, closed by the server: {a.slow_closed}; disconnects mid-body: "
+              f"{a.disconnects}, counted 499 by the server: {statuses.get('499', 0)}")  # fmt: skip
+        print(f"# health probes: {len(probes)}, slowest {np.max(probes[np.isfinite(probes)], initial=0) * 1e3:.1f} ms, "
+              f"over {args.probe_timeout:g} s or failed: {late}; 5xx in the server's metrics: {errors_5xx}")  # fmt: skip
+        failed = failed or bool(wrong_floods) or late > 0 or errors_5xx > 0
+        failed = failed or statuses.get("499", 0) < a.disconnects
+    return 1 if failed else 0
+
+
+def scraped_statuses(port: int) -> dict[str, int]:
+    """Requests by status code, from the server's own ``bnserve_requests_total``, summed over the other labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counts: dict[str, int] = {}
+    for match in re.finditer(r'^bnserve_requests_total\{[^}]*status="(\d+)"[^}]*\} (\S+)$', text, re.M):
+        counts[match.group(1)] = counts.get(match.group(1), 0) + int(float(match.group(2)))
+    return counts
 
 
 if __name__ == "__main__":

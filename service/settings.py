@@ -16,6 +16,7 @@ from typing import Any, Literal, NoReturn
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.cpus import available_cpus
 from service.drift import DriftConfig
 
 ENV_PREFIX = "BNSERVE_"
@@ -62,19 +63,51 @@ class Settings(BaseSettings):
         description="Seconds in-flight requests get to finish after SIGTERM before the server exits.",
     )
     inline_max_bytes: int = Field(
-        default=0,
+        default=64 * 1024,
         ge=0,
         le=1024 * 1024,
-        description="Inference requests whose uncompressed body is at most this many bytes run on the event loop "
-        "instead of the threadpool: about twice the batch-1 throughput (BENCHMARKS.md), but the loop then waits "
-        "for onnxruntime. 0 (the default) keeps all inference off the event loop.",
+        description="Inference requests whose uncompressed body is at most this many bytes run on the event loop, "
+        "where their whole work costs less than the hop to an inference thread and back (up to a batch of ~200 "
+        "rows of 64 features in JSON); larger or compressed ones run on the inference threads. 0 sends every "
+        "inference to the threads.",
     )
     workers: int = Field(
-        default=1,
-        ge=1,
+        default=0,
+        ge=0,
         le=64,
-        description="Worker processes sharing the port (each loads every model); metrics are aggregated "
-        "across them, drift monitors are per worker.",
+        description="Worker processes sharing the port, each with every model. 0 (the default): one per CPU this "
+        "process may use (its affinity, capped by a cgroup CPU quota). Metrics and drift are aggregated across "
+        "them.",
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request line plus headers accepted, in bytes; larger gets 431 and a close.",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Seconds a client has, from a request's first byte, to send all of its headers; then 408 "
+        "and a close.",
+    )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Seconds a client has, after the headers, to send the whole body; then the connection is "
+        "closed (counted as status 499).",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Open connections per worker. At the cap a new connection first evicts the least recently "
+        "active idle or still-sending one; when every connection has a request in progress it gets 503. Kept "
+        "below the open-files limit.",
     )
 
     drift_enabled: bool = Field(
@@ -121,6 +154,11 @@ class Settings(BaseSettings):
         "(GET .../drift/sample) for `python -m training adapt`; 0 keeps none. Needs BNSERVE_API_KEY: the "
         "sample holds raw client inputs.",
     )
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_follow_the_cpus(cls, value: int) -> int:
+        return value or available_cpus()
 
     @field_validator("model_repository")
     @classmethod
