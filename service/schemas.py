@@ -77,7 +77,9 @@ class RequestInput(BaseModel):
 class OutputParameters(BaseModel):
     """Per-output parameters."""
 
-    binary_data: bool | None = Field(default=None, description="Return this output as raw bytes.")
+    binary_data: bool = Field(
+        default=False, description="Return this output as raw bytes (default: the request's binary_data_output)."
+    )
 
 
 class RequestOutput(BaseModel):
@@ -90,7 +92,7 @@ class RequestOutput(BaseModel):
 class RequestParameters(BaseModel):
     """Request-level parameters."""
 
-    binary_data_output: bool | None = Field(default=None, description="Return every output as raw bytes.")
+    binary_data_output: bool = Field(default=False, description="Return every output as raw bytes.")
 
 
 class InferenceRequest(BaseModel):
