@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.auth import ApiKey
+from service.docs import add_docs
 from service.fastpath import FastPath
 from service.metrics import register_drift_gauges
 from service.middleware import EXCEPTION_HANDLERS, RequestContext
@@ -42,20 +44,45 @@ def create_app(settings: Settings, observers_for: ObserversFor | None = None) ->
         finally:
             await state.stop()
 
-    app = FastAPI(
+    app = Service(
         title="bnserve",
         version=state.version,
         description="Batch-normalized MLPs folded into ONNX, served with the KServe V2 (Open Inference) "
         "and V1 protocols.",
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
+        docs_url=None,  # add_docs serves them, without a CDN
+        redoc_url=None,
     )
     app.state.service = state
-    # Read at scrape time from whatever monitors the lifespan made; nothing on the prediction path.
-    register_drift_gauges(state.metrics.registry, state.drift_labels, labels=("model", "version"))
+    # Read at scrape time from whatever monitors the lifespan made; nothing on the prediction path. The
+    # monitors' state is shared by the workers, so their gauges need no replica label.
+    register_drift_gauges(state.metrics.shared, state.drift_labels, labels=("model", "version"))
     routes = route_table(state)
     register(app, routes, auth)
-    app.add_middleware(FastPath, routes=[r for r in routes if r.hot], auth=auth)
-    app.add_middleware(RequestContext, state=state)  # added last: outermost of the two
+    add_docs(app)
+    fast = FastPath(app.fastapi_stack, [r for r in routes if r.hot], auth)
+    app.front = RequestContext(fast, state)
     app.openapi = openapi_builder(app, state, auth.required)  # type: ignore[method-assign]
     return app
+
+
+class Service(FastAPI):
+    """FastAPI, behind the service's own pure-ASGI layers.
+
+    An HTTP request meets :attr:`front` first (``RequestContext``, then ``FastPath``), and FastAPI's whole
+    stack (its error, telemetry and routing layers) only when the fast path does not answer it: an inference
+    request never enters FastAPI, which costs as much per request as decoding, predicting and encoding one row.
+    """
+
+    front: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.front(scope, receive, send)
+        else:  # the lifespan
+            await super().__call__(scope, receive, send)
+
+    async def fastapi_stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI itself, for every request the fast path passes on."""
+        await super().__call__(scope, receive, send)

@@ -15,7 +15,8 @@ descriptor for as long as it liked. :class:`BoundedHttpToolsProtocol` adds, per 
   or body), so that slow or stalled clients cannot lock out a health probe; only when every connection has a
   request in progress is the new one refused with ``503`` and closed.
 
-Every close for one of these reasons is counted in :data:`CLOSED` (``bnserve_connections_closed_total``).
+Every close for one of these reasons is counted in :data:`CLOSED` and told to :data:`listeners` (the app's
+``bnserve_connections_closed_total``).
 The class is given to uvicorn as ``http=functools.partial(BoundedHttpToolsProtocol, limits=...)``: the
 partial pickles, so worker processes get it too.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import resource
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +36,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 #: Connections closed by this process, by reason (header_too_large, header_timeout, body_timeout, evicted,
-#: refused). Read by the metrics at scrape time.
+#: refused).
 CLOSED: Counter[str] = Counter()
+#: Called with the reason of every such close: the app of this process counts them in its metrics.
+listeners: list[Callable[[str], None]] = []
 
 #: File descriptors kept free of connections: the listening socket, model files, log files, the threads'.
 FD_RESERVE = 64
@@ -69,6 +73,12 @@ def connection_cap(requested: int) -> int:
     if soft == resource.RLIM_INFINITY:
         return requested
     return max(1, min(requested, soft - FD_RESERVE))
+
+
+def _count(reason: str) -> None:
+    CLOSED[reason] += 1
+    for listener in listeners:
+        listener(reason)
 
 
 def _response(status: int, reason: str, message: str) -> bytes:
@@ -106,7 +116,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.connections) >= self.limits.max_connections and not self._evict_one():
             self._refused = True
             self.transport = transport
-            CLOSED["refused"] += 1
+            _count("refused")
             transport.write(
                 _response(
                     503,
@@ -205,7 +215,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._close("body_timeout", None)  # the route sees the client gone (499)
 
     def _close(self, reason: str, message: bytes | None) -> None:
-        CLOSED[reason] += 1
+        _count(reason)
         if message is not None:
             self.transport.write(message)
         self.transport.close()

@@ -67,21 +67,43 @@ class Reply:
     headers: dict[str, str]
 
 
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo ``Content-Encoding: gzip | deflate`` (tritonclient can send either), never beyond ``limit`` bytes."""
-    if not encoding or encoding == "identity":
+    """Undo ``Content-Encoding`` (``gzip``, ``deflate``, ``identity``; names are case-insensitive, RFC 9110),
+    never beyond ``limit`` bytes.
+
+    gzip follows RFC 1952: a body may hold several members one after another (their contents concatenated),
+    each must be complete, with its CRC-32 and length trailer checked (by zlib), and nothing may follow the
+    last one. deflate is the zlib format (RFC 1950), as tritonclient sends it, complete with its checksum.
+    """
+    coding = (encoding or "").strip().lower()
+    if coding in ("", "identity"):
         return body
-    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding.lower())
+    wbits = _WBITS.get(coding)
     if wbits is None:
-        raise BadRequest(f"unsupported Content-Encoding {encoding[:32]!r}; use gzip, deflate or none")
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error:
-        raise BadRequest(f"the body is not valid {encoding} data") from None
-    if len(out) > limit:
-        raise PayloadTooLarge(f"the decompressed body exceeds the limit of {limit} bytes")
-    return out
+        raise BadRequest(f"unsupported Content-Encoding {coding[:32]!r}; use gzip, deflate or identity")
+    out: list[bytes] = []
+    size = 0
+    rest = body
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            chunk = inflater.decompress(rest, limit + 1 - size)
+        except zlib.error:
+            raise BadRequest(f"the body is not valid {coding} data") from None
+        size += len(chunk)
+        out.append(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the decompressed body exceeds the limit of {limit} bytes")
+        if not inflater.eof:  # the output limit was not reached, so the input ran out: cut short
+            raise BadRequest(f"the {coding} body is truncated (no complete end of stream and trailer)")
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(out)
+        if coding == "deflate" or not rest.startswith(b"\x1f\x8b"):
+            raise BadRequest(f"the {coding} body has {len(rest)} bytes of garbage after its end")
 
 
 def infer_v2(

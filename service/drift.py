@@ -192,10 +192,15 @@ class DriftMonitor:
 
     @classmethod
     def from_contract(
-        cls, contract: ModelContract, config: DriftConfig | None = None, *, name: str = "model"
+        cls,
+        contract: ModelContract,
+        config: DriftConfig | None = None,
+        *,
+        name: str = "model",
+        shared: Path | None = None,
     ) -> DriftMonitor:
         """A monitor for the model a :class:`contract.ModelContract` describes."""
-        return cls(contract.input_stats, contract.feature_names, config, name=name)
+        return cls(contract.input_stats, contract.feature_names, config, name=name, shared=shared)
 
     def _reset_state(self) -> None:
         """Zero rows; called with the lock held (or before anyone else can see the state)."""

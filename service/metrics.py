@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
@@ -98,7 +99,25 @@ class Metrics:
             registry=own,
             multiprocess_mode="liveall",  # one sample per worker; render() combines them
         )
+        self.connections_closed = Counter(
+            "bnserve_connections_closed",
+            "Connections the server closed to bound their cost, by reason: header_too_large (431), "
+            "header_timeout (408), body_timeout, evicted (idle or slow at the connection cap), refused (503 at "
+            "the cap).",
+            ["reason"],
+            registry=own,
+        )
+        #: Collectors that read state every worker shares (the drift monitors' files): no replica label.
+        self.shared = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+
+    def shared_path(self, name: str) -> Path | None:
+        """Where workers share a state file ``name`` (the metrics directory), or None in one process."""
+        return None if self.multiprocess_dir is None else Path(self.multiprocess_dir) / name
+
+    def connection_closed(self, reason: str) -> None:
+        """Count a connection the server closed (see :mod:`service.connections`)."""
+        self.connections_closed.labels(reason).inc()
 
     def set_models(self, repository: ModelRepository, load_seconds: float) -> None:
         """Record what the repository loaded."""
@@ -128,9 +147,13 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format."""
         if self.multiprocess_dir is None:
-            return generate_latest(self.registry)
+            return generate_latest(self.registry) + generate_latest(self.shared)
         aggregate = _EveryWorkerReady(MultiProcessCollector(None, path=self.multiprocess_dir), self.workers)
-        return generate_latest(aggregate) + generate_latest(_Labelled(self.registry, "replica", replica_id()))
+        return (
+            generate_latest(aggregate)
+            + generate_latest(self.shared)
+            + generate_latest(_Labelled(self.registry, "replica", replica_id()))
+        )
 
 
 class _EveryWorkerReady:

@@ -6,6 +6,7 @@ the error handlers FastAPI calls give every other error the same ``{"error": "..
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -16,14 +17,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.dataplane import JSON, REQUEST_ID, RequestInfo, new_request_id
 from service.errors import PayloadTooLarge, ServiceError, Unauthorized
+from service.logs import escape
 from service.state import ServiceState
 
 log = logging.getLogger("bnserve")
-access_log = logging.getLogger("bnserve.access")
+
+#: The status of a request whose client went away before it could be answered (nginx's convention): a client
+#: error, neither a 5xx nor a traceback.
+CLIENT_CLOSED = 499
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -56,11 +62,14 @@ def _protocol(path: str) -> str:
 
 
 class RequestContext:
-    """Pure ASGI middleware: request id, body limit, unexpected exceptions -> JSON 500, access log, metrics.
+    """Pure ASGI middleware: request id, body limit, HEAD, clients gone, unexpected exceptions -> JSON 500,
+    access log, metrics.
 
     The body limit is decided here, for every route: a declared Content-Length over it gets a 413 before the
     body is read; a body without one (chunked) is counted as it is received, and reading past the limit raises
-    :class:`PayloadTooLarge` in whoever reads it.
+    :class:`PayloadTooLarge` in whoever reads it. ``HEAD`` is answered as the ``GET`` of the same path (the
+    server sends the head only). A client that goes away before its body is complete is status 499 with one
+    INFO line; a request still waiting for its body when the server stops gets a JSON 503.
     """
 
     def __init__(self, app: ASGIApp, state: ServiceState) -> None:
@@ -95,8 +104,32 @@ class RequestContext:
                 MutableHeaders(scope=message).append("X-Request-ID", info.request_id)
             await send(message)
 
+        # The server writes only the head of a HEAD response (and its Content-Length): the app answers a GET.
+        inner = {**scope, "method": "GET"} if scope["method"] == "HEAD" else scope
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(inner, receive, send_with_id)
+        except ClientDisconnect:
+            status = CLIENT_CLOSED
+            log.info(
+                "client went away before the request was complete (request %s, %s %s)",
+                info.request_id,
+                scope["method"],
+                escape(scope["path"][:200]),
+                extra={"request_id": info.request_id},
+            )
+        except asyncio.CancelledError:
+            # The server stops and its graceful timeout is over: uvicorn cancels what still runs (a request
+            # whose client never sent its whole body). An answer rather than uvicorn's plain-text 500 and a
+            # traceback; the task then ends normally.
+            log.info(
+                "request %s cancelled: the server is shutting down", info.request_id,
+                extra={"request_id": info.request_id},
+            )  # fmt: skip
+            if not response_started:
+                await error_response(503, "the server is shutting down", {"Connection": "close"})(
+                    scope, receive, send_with_id
+                )
+            status = 503
         except Exception:
             log.exception(
                 "unhandled error in request %s", info.request_id, extra={"request_id": info.request_id}
@@ -133,28 +166,13 @@ class RequestContext:
         self.state.metrics.observe(
             info.model, protocol, status, seconds, info.rows if status == 200 else None
         )
-        if not self.state.settings.access_log:
-            return
-        client = scope.get("client")
-        access_log.info(
-            "%s %s %d %.2fms",
-            scope["method"],
-            scope["path"][:200],
-            status,
-            seconds * 1e3,
-            extra={
-                "request_id": info.request_id,
-                "method": scope["method"],
-                "path": scope["path"][:200],
-                "status": status,
-                "duration_ms": round(seconds * 1e3, 3),
-                "protocol": protocol,
-                "model": info.model or None,
-                "model_version": info.version,
-                "rows": info.rows,
-                "client": client[0] if client else None,
-            },
-        )
+        access = self.state.access_log
+        if access is not None:
+            client = scope.get("client")
+            access.record(
+                scope["method"], scope["path"], status, seconds, info.request_id, protocol, info.model,
+                info.version, info.rows, client[0] if client else None,
+            )  # fmt: skip
 
 
 async def _service_error(request: Request, exc: Exception) -> Response:

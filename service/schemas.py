@@ -78,7 +78,8 @@ class OutputParameters(BaseModel):
     """Per-output parameters."""
 
     binary_data: bool = Field(
-        default=False, description="Return this output as raw bytes (default: the request's binary_data_output)."
+        default=False,
+        description="Return this output as raw bytes (default: the request's binary_data_output).",
     )
 
 

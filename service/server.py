@@ -6,8 +6,10 @@ or SIGINT turns readiness off at once (load balancers stop sending) while uvicor
 flight, and a failed start-up is reported in one line, without a traceback.
 
 With ``--workers N`` (N > 1) uvicorn's supervisor runs N processes on one shared socket, each with its own
-models, threadpool and drift monitors. Prometheus counters and histograms are aggregated across them
-(prometheus-client's multiprocess mode, managed here); the drift gauges stay per worker, labelled ``replica``.
+models and threadpool. Prometheus counters and histograms are aggregated across them (prometheus-client's
+multiprocess mode, managed here), and each model's drift statistics live in one file of the same directory that
+every worker maps (:class:`~service.drift.DriftMonitor` ``shared``): one report per model, whichever worker
+answers. By default there is one worker per CPU the process may use (:func:`service.cpus.available_cpus`).
 
 :func:`uvicorn_options` is public so that ``benchmarks/serve.py`` runs its no-op app under exactly the same
 options (event loop, HTTP parser, access log) as the service it is compared with.
@@ -15,6 +17,7 @@ options (event loop, HTTP parser, access log) as the service it is compared with
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -31,6 +34,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import STARTUP_FAILURE
 
+from service.connections import BoundedHttpToolsProtocol, ConnectionLimits, connection_cap
 from service.logs import configure_logging
 from service.metrics import MULTIPROC_ENV, pid_alive
 from service.settings import Settings
@@ -48,13 +52,28 @@ def http_parser() -> str:
     return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
 
 
+def http_protocol(settings: Settings) -> Any:
+    """The HTTP protocol: httptools with the per-connection limits of ``settings``
+    (:class:`~service.connections.BoundedHttpToolsProtocol`), or uvicorn's h11 without httptools."""
+    if http_parser() != "httptools":
+        return "h11"
+    limits = ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        max_connections=connection_cap(settings.max_connections),
+    )
+    return functools.partial(BoundedHttpToolsProtocol, limits=limits)
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.Config`` (everything but the app) for ``settings``."""
     return {
         "host": settings.host,
         "port": settings.port,
         "loop": event_loop(),
-        "http": http_parser(),
+        "http": http_protocol(settings),
+        "h11_max_incomplete_event_size": settings.max_header_bytes,  # h11's own header limit, when it serves
         "ws": "none",  # no websocket routes; skips the upgrade checks
         "log_config": None,
         "log_level": settings.log_level,
@@ -173,6 +192,18 @@ def _forget_dead_workers(directory: str, stop: threading.Event) -> None:
                 multiprocess.mark_process_dead(int(match.group(1)), directory)
 
 
+def _unloadable(settings: Settings) -> str | None:
+    """Why the repository cannot be served (the start-up checks every worker would run), or None."""
+    from service.errors import ModelLoadError
+    from service.repository import load_repository
+
+    try:
+        load_repository(settings.model_repository, settings.intra_op_threads)
+    except ModelLoadError as exc:
+        return str(exc)
+    return None
+
+
 def _serve_workers(settings: Settings) -> int:
     """Serve with ``settings.workers`` processes sharing one socket; metrics aggregated across them.
 
@@ -184,6 +215,10 @@ def _serve_workers(settings: Settings) -> int:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    problem = _unloadable(settings)
+    if problem is not None:  # once here, rather than once per worker
+        sys.stderr.write(f"bnserve: cannot start: {problem}\n")
+        return 1
     with tempfile.TemporaryDirectory(prefix="bnserve-metrics-") as directory:
         os.environ[MULTIPROC_ENV] = directory
         stop = threading.Event()

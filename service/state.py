@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import anyio
 
 from contract import package_version
+from service import connections
+from service.accesslog import AccessLog
 from service.dataplane import Limits, Offload
 from service.drift import DriftMonitor
 from service.errors import ModelLoadError, NotFound, NotReady
@@ -42,6 +44,7 @@ class ServiceState:
     drift: dict[tuple[str, int], DriftMonitor] = field(default_factory=dict)  # by (name, version)
     samples: dict[tuple[str, int], Reservoir] = field(default_factory=dict)  # by (name, version), opt-in
     feeder: ObserverFeeder | None = None  # runs the observers, batched, on its own thread
+    access_log: AccessLog | None = field(init=False)  # None when the access log is off
     offload: Offload | None = None  # runs the blocking part of inference requests
     draining: bool = False
     startup_error: str | None = None
@@ -49,6 +52,7 @@ class ServiceState:
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(workers=self.settings.workers)
+        self.access_log = AccessLog(self.settings.log_format) if self.settings.access_log else None
 
     @property
     def ready(self) -> bool:
@@ -115,10 +119,16 @@ class ServiceState:
         for model in repository:
             what = f"{model.name}/{model.version}"
             if settings.drift_enabled:
-                # The hidden layers' outputs come from a second session run on the feeder thread, per burst.
+                # The hidden layers' outputs come from a second session run on the feeder thread, per burst. With
+                # several workers, the statistics live in files every worker maps: one estimate, whichever worker
+                # served the rows or answers the report.
                 hidden = model.hidden_outputs if settings.drift_layers else None
                 monitor = ModelDriftMonitor(
-                    model.contract, settings.drift_config(), name=what, hidden_outputs=hidden
+                    model.contract,
+                    settings.drift_config(),
+                    name=what,
+                    hidden_outputs=hidden,
+                    shared=self.metrics.shared_path(f"drift-{model.name}-{model.version}.state"),
                 )
                 model.observers.append(feeder.wrap(monitor.update, what))
                 monitors[(model.name, model.version)] = monitor
@@ -131,6 +141,7 @@ class ServiceState:
                 model.observers.extend(feeder.wrap(observe, what) for observe in observers_for(model))
         self.drift, self.samples, self.feeder = monitors, samples, feeder
         self.offload = Offload(settings.inline_max_bytes)
+        connections.listeners[:] = [self.metrics.connection_closed]  # this process's server, this app
         self.metrics.set_models(repository, time.perf_counter() - started)
         self.repository = repository
         self.metrics.ready.set(1)
@@ -153,6 +164,8 @@ class ServiceState:
     async def stop(self) -> None:
         """Not ready any more; observe what is pending; let the running inferences finish."""
         self.begin_shutdown()
+        if self.access_log is not None:
+            self.access_log.close()
         if self.feeder is not None:
             await anyio.to_thread.run_sync(self.feeder.close)
         if self.offload is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -114,12 +115,22 @@ def test_with_the_key_and_open_routes(limited: TestClient) -> None:
         assert limited.get(path).status_code == 200, path
 
 
+def access_lines(client: TestClient) -> io.StringIO:
+    """Send the app's access log, as JSON, to a string (read after ``flush``)."""
+    access = client.app.state.service.access_log  # type: ignore[attr-defined]
+    access.flush()
+    access.stream, access.fmt = io.StringIO(), "json"
+    return access.stream
+
+
 def test_the_key_never_reaches_the_logs(limited: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    lines = access_lines(limited)
     with caplog.at_level(logging.DEBUG):
         limited.post("/v2/models/digits/infer", json=infer_body(1), headers=AUTH)
         limited.post("/v2/models/digits/infer", json=infer_body(1), headers={"Authorization": "Bearer guess"})
-    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
-    assert "bnserve.access" in {r.name for r in caplog.records}
+    limited.app.state.service.access_log.flush()  # type: ignore[attr-defined]
+    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records) + lines.getvalue()
+    assert lines.getvalue().count("bnserve.access") == 2
     assert KEY not in text and "guess" not in text
 
 
@@ -177,10 +188,12 @@ def test_not_ready_when_draining(repo: Repo) -> None:
         assert "bnserve_ready 0.0" in c.get("/metrics").text
 
 
-def test_metrics_and_access_log(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="bnserve.access"):
-        client.post("/v2/models/digits/infer", json=infer_body(5), headers={"X-Request-ID": "m-1"})
-        client.post("/v2/models/digits/infer", json={"inputs": []})
+def test_metrics_and_access_log(client: TestClient) -> None:
+    lines = access_lines(client)
+    client.post("/v2/models/digits/infer", json=infer_body(5), headers={"X-Request-ID": "m-1"})
+    client.post("/v2/models/digits/infer", json={"inputs": []})
+    client.app.state.service.access_log.flush()  # type: ignore[attr-defined]
+    access = [json.loads(line) for line in lines.getvalue().splitlines()]
     text = client.get("/metrics").text
     assert 'bnserve_requests_total{model="digits",protocol="v2",status="200"}' in text
     assert 'bnserve_requests_total{model="digits",protocol="v2",status="400"}' in text
@@ -190,10 +203,14 @@ def test_metrics_and_access_log(client: TestClient, caplog: pytest.LogCaptureFix
         'bnserve_model_info{features="64",model="digits",outputs="10",task="classification",version="2"} 1.0'
         in text
     )
-    access = [r for r in caplog.records if r.name == "bnserve.access"]
     assert len(access) == 2
-    first = access[0].__dict__
-    assert first["request_id"] == "m-1" and first["status"] == 200 and first["rows"] == 5
+    first = access[0]
+    assert (
+        first["logger"] == "bnserve.access"
+        and first["request_id"] == "m-1"
+        and first["status"] == 200
+        and first["rows"] == 5
+    )
     assert first["model"] == "digits" and first["model_version"] == 2
 
 

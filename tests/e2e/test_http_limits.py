@@ -57,7 +57,9 @@ def statuses(server: LiveServer) -> dict[str, float]:
     with urllib.request.urlopen(server.url("/metrics"), timeout=10) as r:
         text = r.read().decode()
     out: dict[str, float] = {}
-    for status, value in re.findall(r'^bnserve_requests_total\{[^}]*status="(\d+)"[^}]*\} (\S+)$', text, re.M):
+    for status, value in re.findall(
+        r'^bnserve_requests_total\{[^}]*status="(\d+)"[^}]*\} (\S+)$', text, re.M
+    ):
         out[status] = out.get(status, 0.0) + float(value)
     return out
 

@@ -65,6 +65,7 @@ def test_request_counts_add_up_whichever_worker_answers(tmp_path: Path) -> None:
             with urllib.request.urlopen(request, timeout=10) as r:
                 assert r.status == 200
                 answered_by.add(r.headers["X-Request-ID"][:16])  # the per-process id prefix
+        time.sleep(0.2)  # each worker's drift feeder takes its rows within ~5 ms
         for _ in range(4):  # every scrape, whichever worker serves it, reports the total
             text = _scrape(srv)
             count = re.search(
@@ -76,8 +77,15 @@ def test_request_counts_add_up_whichever_worker_answers(tmp_path: Path) -> None:
             )
             assert rows is not None and float(rows.group(1)) == n
             assert re.search(r"^bnserve_ready 1\.0$", text, re.M)
-            assert re.search(r'^bnserve_drift_score\{.*replica="[^"]+:\d+".*\} ', text, re.M)
+            # One drift estimate per model, from the file every worker maps: no replica label.
+            assert re.search(r'^bnserve_drift_rows_seen\{model="digits",version="1"\} 40\.0$', text, re.M)
+            assert "replica=" not in text.split("bnserve_drift")[1]
         assert 1 <= len(answered_by) <= 2
+        reporters = set()
+        for _ in range(6):  # a new connection each time: either worker may answer, with every worker's rows
+            with urllib.request.urlopen(srv.url("/v2/models/digits/drift"), timeout=10) as r:
+                assert json.loads(r.read())["rows_seen"] == n
+                reporters.add(r.headers["X-Request-ID"][:16])
         # --access-log false holds in the workers too: neither the service's line nor uvicorn's
         assert not [line for line in srv.received() if ":predict" in line]
     finally:

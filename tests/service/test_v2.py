@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from typing import Any
 
 import numpy as np
@@ -244,3 +246,33 @@ def test_fast_and_exact_decoding_agree() -> None:
     exact = numbers_to_rows(flat, 8, 8, booleans_possible=True)
     np.testing.assert_array_equal(fast, exact)
     np.testing.assert_array_equal(fast, np.array(flat, dtype=np.float64).astype(np.float32).reshape(8, 8))
+
+
+def _gz(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "make", "status", "message"),
+    [
+        ("gzip", lambda b: _gz(b[:100]) + _gz(b[100:]), 200, None),  # RFC 1952: members concatenated
+        ("GZIP", _gz, 200, None),  # content codings are case-insensitive (RFC 9110)
+        ("x-gzip", _gz, 200, None),
+        ("Identity", lambda b: b, 200, None),
+        ("Deflate", zlib.compress, 200, None),
+        ("gzip", lambda b: _gz(b)[:-4], 400, "the gzip body is truncated"),  # cut before the length
+        ("gzip", lambda b: _gz(b)[:-8], 400, "the gzip body is truncated"),  # no trailer at all
+        ("gzip", lambda b: _gz(b) + b"garbage", 400, "the gzip body has 7 bytes of garbage after its end"),
+        ("gzip", lambda b: _gz(b)[:-8] + b"\0\0\0\0" + _gz(b)[-4:], 400, "not valid gzip data"),  # bad CRC
+        ("deflate", lambda b: zlib.compress(b) + b"x", 400, "the deflate body has 1 bytes of garbage"),
+        ("br", lambda b: b, 400, "unsupported Content-Encoding 'br'"),
+    ],
+)
+def test_content_codings(
+    client: TestClient, encoding: str, make: Any, status: int, message: str | None
+) -> None:
+    body = json.dumps(infer_json(np.zeros((2, 4), np.float32))).encode()
+    r = client.post("/v2/models/iris/infer", content=make(body), headers={"Content-Encoding": encoding})
+    assert r.status_code == status, r.text
+    if message is not None:
+        assert message in r.json()["error"]
