@@ -16,8 +16,10 @@ from pydantic.json_schema import models_json_schema
 
 from service import schemas
 from service.dataplane import JSON
+from service.decoding import FLOAT32_MAX
 from service.runtime import ModelRuntime
 from service.state import ServiceState
+from service.v2 import BOUNDS
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": schemas.ErrorResponse, "description": "Bad request: the message names the problem."},
@@ -76,13 +78,106 @@ def openapi_builder(app: FastAPI, state: ServiceState, key_required: bool) -> Ca
                     "description": "Only when BNSERVE_API_KEY is set.",
                 }
             }
+        _exact_instances(components["schemas"])
         if state.repository is not None and len(state.repository):
             _add_examples(spec, next(iter(state.repository)))
+            _exact_features(components["schemas"], list(state.repository), state.settings.max_batch_rows)
         if state.repository is not None:  # cache only the complete schema
             app.openapi_schema = spec
         return spec
 
     return build
+
+
+#: A JSON number the service accepts as a feature value: finite, within float32's range.
+FLOAT32 = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+
+
+def _exact_instances(defs: dict[str, Any]) -> None:
+    """``instances`` holds at least one row, whichever form (pydantic puts ``min_length`` on the union, as a
+    ``minLength`` that only strings obey); every number, V1 or V2, within float32's range."""
+    instances = defs["V1PredictRequest"]["properties"]["instances"]
+    instances.pop("minLength", None)
+    rows, named = instances["anyOf"]
+    rows["minItems"] = named["minItems"] = 1
+    rows["items"]["items"] = FLOAT32
+    named["items"]["additionalProperties"] = FLOAT32
+    tensor = defs["RequestInput"]
+    # data: absent with binary data, never null; numbers within the declared datatype's range.
+    tensor["properties"]["data"] = _flat_or_nested(FLOAT32)
+    # A JSON body carries its numbers in data; binary tensors (binary_data_size) are another body format, a JSON
+    # header then raw bytes, announced by the Inference-Header-Content-Length header (see the route's text).
+    tensor["required"] = [*tensor["required"], "data"]
+    tensor["properties"]["parameters"] = {
+        "anyOf": [
+            {"type": "null"},
+            {
+                "type": "object",
+                "properties": {"binary_data_size": {"type": "null"}},
+                "description": "binary_data_size only in a binary tensor request",
+            },
+        ]
+    }
+    tensor["allOf"] = [
+        {
+            "if": {"properties": {"datatype": {"const": name}}, "required": ["datatype"]},
+            "then": {"properties": {"data": _flat_or_nested(_datatype_number(name, low, high))}},
+        }
+        for name, (low, high) in BOUNDS.items()
+    ]
+
+
+def _flat_or_nested(number: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "anyOf": [
+            {"type": "array", "items": number},
+            {"type": "array", "items": {"type": "array", "items": number}},
+        ]
+    }
+
+
+def _datatype_number(name: str, low: float, high: float) -> dict[str, Any]:
+    """What a JSON value of an integer datatype (a whole number in its range) or FP16 may be."""
+    kind = "number" if name.startswith("FP") else "integer"
+    return {
+        "type": kind,
+        "minimum": int(low) if kind == "integer" else low,
+        "maximum": int(high) if kind == "integer" else high,
+    }
+
+
+def _exact_features(defs: dict[str, Any], models: list[ModelRuntime], max_rows: int) -> None:
+    """When every loaded model takes the same features, say so: rows of that many numbers, objects with exactly
+    those names, a V2 shape of ``[1..max_rows, F]``. (With models of different inputs one schema cannot tell
+    which path takes which; the server's 400 names the mismatch.)"""
+    names = {tuple(m.contract.feature_names) for m in models}
+    if len(names) != 1:
+        return
+    (features,) = names
+    f = len(features)
+    number = FLOAT32
+    rows, named = defs["V1PredictRequest"]["properties"]["instances"]["anyOf"]
+    rows["items"] = {"type": "array", "items": number, "minItems": f, "maxItems": f}
+    named["items"] = {
+        "type": "object",
+        "properties": dict.fromkeys(features, number),
+        "required": list(features),
+        "additionalProperties": False,
+    }
+    flat, nested = defs["RequestInput"]["properties"]["data"]["anyOf"]
+    flat.update(minItems=f, maxItems=max_rows * f)  # whole rows (their count must match shape[0])
+    nested.update(minItems=1, maxItems=max_rows)
+    nested["items"].update(minItems=f, maxItems=f)
+    outputs = {m.output_names for m in models}
+    if len(outputs) == 1:  # the same task everywhere: only its outputs can be asked for
+        defs["RequestOutput"]["properties"]["name"] = {"enum": list(next(iter(outputs)))}
+    shape = defs["RequestInput"]["properties"]["shape"]
+    # More rows than BNSERVE_MAX_BATCH_ROWS get 413.
+    shape["prefixItems"] = [
+        {"type": "integer", "minimum": 1, "maximum": max_rows},
+        {"type": "integer", "const": f},
+    ]
+    rows["maxItems"] = named["maxItems"] = max_rows
 
 
 def _add_examples(spec: dict[str, Any], model: ModelRuntime) -> None:

@@ -159,10 +159,9 @@ def _decode_input(
             f"input 'input' has {kind} datatype {shown}; expected FP32 (FP16, FP64, INT*, UINT* are converted)"
         )
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+    if not isinstance(shape, list) or not all(_whole(d) and d >= 0 for d in shape):
         raise BadRequest("input 'input': 'shape' must be a list of non-negative integers")
+    shape = [int(d) for d in shape]
     n_features = model.n_features
     if len(shape) != 2:
         raise BadRequest(f"input 'input' must have shape [N, {n_features}], got {shape[:8]}")
@@ -205,8 +204,9 @@ def _decode_input(
         raise BadRequest("input 'input' has both 'data' and parameter binary_data_size")
     if not has_binary_header:
         raise BadRequest(f"input 'input' has binary_data_size but the request has no {HEADER_LENGTH} header")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    if not _whole(size) or size < 0:
         raise BadRequest("input 'input': binary_data_size must be a non-negative integer")
+    size = int(size)
     dtype = DATATYPES[datatype]
     needed = n_rows * n_cols * dtype.itemsize
     if size != needed:
@@ -219,6 +219,13 @@ def _decode_input(
         )
     values = np.frombuffer(binary, dtype=dtype).reshape(n_rows, n_cols)  # (N, F)
     return to_float32_rows(values)
+
+
+def _whole(value: Any) -> bool:
+    """A JSON integer: ``3``, or ``3.0`` (JSON Schema's ``integer`` is any number without a fraction)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
 def _requested_outputs(
