@@ -1,8 +1,9 @@
-"""HTTP serving cost: the real service against a FastAPI app that does nothing, in the same run.
+"""HTTP serving cost: the real service against a bare ASGI app that does nothing, in the same run.
 
-Both servers run under the same uvicorn options (``service.server.uvicorn_options``: event loop, HTTP parser,
-no uvicorn access log, one worker unless ``--workers``), on 127.0.0.1. The no-op app has the service's routes,
-reads the whole request body and returns a fixed small JSON body. Every cell (protocol x batch x concurrency)
+Both servers run under the same uvicorn options (``service.server.uvicorn_options``: event loop, the bounded
+HTTP protocol, no uvicorn access log) and the same number of worker processes (``--workers``, 1 by default),
+on 127.0.0.1. The no-op app is the ceiling of any Python server on this stack: no framework, it reads the whole
+request body and returns a fixed small JSON body. Every cell (protocol x batch x concurrency)
 is driven for ``--seconds`` by the same load generator, alternating between the two apps, and reports
 requests/s, rows/s, latency p50/p90/p99 and the service's ratio to the no-op app.
 
@@ -37,9 +38,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
-
 from benchmarks.harness import MODELS, LiveServer, free_port
 
 PROTOCOLS = ("v1-json", "v2-json", "v2-binary")
@@ -48,34 +46,45 @@ NOOP_RESPONSE = b'{"model_name":"noop","model_version":"1","outputs":[]}'
 
 
 # ---- the no-op app ------------------------------------------------------------------------------------------
-def noop_app() -> Any:
-    """FastAPI with the service's inference routes; each reads the whole body and returns a fixed response."""
-    app = FastAPI()
+async def noop_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The ceiling: a bare ASGI app (no framework) that reads the whole body and returns a fixed response."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    body = NOOP_RESPONSE if scope["method"] == "POST" else b""
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
-    async def infer(request: Request) -> Response:
-        await request.body()
-        return Response(NOOP_RESPONSE, media_type="application/json")
 
-    @app.get("/v2/health/ready")
-    async def ready() -> Response:
-        return Response(status_code=200)
-
-    app.post("/v2/models/{name}/infer")(infer)
-    app.post("/v1/models/{name}:predict")(infer)
-    return app
-
-
-def serve_noop(port: int) -> None:
-    """Run :func:`noop_app` under the service's own uvicorn options."""
+def serve_noop(port: int, workers: int) -> None:
+    """Run :func:`noop_app` under the service's own uvicorn options (protocol, limits, loop), ``workers`` of it."""
     import uvicorn
 
-    from service.server import uvicorn_options
+    from service.server import bind_socket, uvicorn_options
     from service.settings import Settings
 
     settings = Settings(
-        model_repository=MODELS, host="127.0.0.1", port=port, log_level="warning", access_log=False
+        model_repository=MODELS,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        workers=workers,
     )
-    uvicorn.Server(uvicorn.Config(noop_app(), **uvicorn_options(settings))).run()
+    config = uvicorn.Config("benchmarks.serve:noop_app", workers=workers, **uvicorn_options(settings))
+    if workers == 1:
+        uvicorn.Server(config).run()
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    with bind_socket("127.0.0.1", port) as sock:
+        Multiprocess(config, sockets=[sock]).run()
 
 
 # ---- requests -----------------------------------------------------------------------------------------------
@@ -135,13 +144,21 @@ def servers(
     started: dict[str, LiveServer] = {}
     try:
         port = free_port()
-        command = [sys.executable, "-m", "benchmarks.serve", "--serve-noop", str(port)]
-        started["noop"] = LiveServer(command=command, port=port, cpus=cpus, name="noop")
-        args = ["--model-repository", str(MODELS), "--log-level", "warning", *service_args]
-        if workers > 1:
-            args += ["--workers", str(workers)]
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.serve",
+            "--serve-noop",
+            str(port),
+            "--workers",
+            str(workers),
+        ]
         # Several workers get every core; the load generator then shares one with them.
-        started["service"] = LiveServer(*args, cpus=cpus if workers == 1 else None)
+        started["noop"] = LiveServer(
+            command=command, port=port, cpus=cpus if workers == 1 else None, name="noop"
+        )
+        args = ["--model-repository", str(MODELS), "--log-level", "warning", "--workers", str(workers)]
+        started["service"] = LiveServer(*args, *service_args, cpus=cpus if workers == 1 else None)
         for server in started.values():
             server.wait_ready()
         yield started
@@ -308,9 +325,9 @@ def asgi_costs(protocol: str = "v2-json", batch: int = 1, calls: int = 2000) -> 
         return min(times)
 
     async def main() -> dict[str, float]:
-        out = {"noop": await best(noop_app())}
+        out = {"noop": await best(noop_app)}
         for drift in (True, False):
-            settings = Settings(model_repository=MODELS, log_level="warning", drift_enabled=drift)
+            settings = Settings(model_repository=MODELS, log_level="warning", drift_enabled=drift, workers=1)
             app = create_app(settings)
             async with app.router.lifespan_context(app):
                 out[f"service (drift {'on' if drift else 'off'})"] = await best(app)
@@ -447,7 +464,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     p.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
     p.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
-    p.add_argument("--workers", type=int, default=1, help="service workers (the no-op app always has one)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="worker processes of the service and of the no-op app"
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin servers and load generator to CPUs")
     p.add_argument(
         "--quick", action="store_true", help="smoke run: 1 s per cell, no warm-up, concurrency 1 8"
@@ -468,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--drive", nargs=2, metavar=("SPEC", "BODY"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_noop is not None:
-        serve_noop(args.serve_noop)
+        serve_noop(args.serve_noop, args.workers)
         return 0
     if args.drive is not None:
         spec, body_path = args.drive
