@@ -52,7 +52,9 @@ class ServiceState:
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(workers=self.settings.workers)
-        self.access_log = AccessLog(self.settings.log_format) if self.settings.access_log else None
+        # Access lines are INFO events: none below that level, as with any other INFO line.
+        writes = self.settings.access_log and self.settings.log_level in ("info", "debug")
+        self.access_log = AccessLog(self.settings.log_format) if writes else None
 
     @property
     def ready(self) -> bool:
