@@ -305,10 +305,19 @@ async def attack(port: int, stop_at: list[float], attackers: int, probe_timeout:
 
 
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
+    """Resident memory of the server: every process of its process group (the workers too), in KiB."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != pid:
+                continue
+            status = (stat.parent / "status").read_text()
+        except (OSError, IndexError, ValueError):
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    if not total:
+        raise RuntimeError(f"no process in the group of {pid}")
+    return total
 
 
 async def run(port: int, n: int, concurrency: int, seconds: float, seed: int) -> tuple[Tally, float]:
