@@ -79,7 +79,9 @@ def openapi_builder(app: FastAPI, state: ServiceState, key_required: bool) -> Ca
                 }
             }
         _exact_instances(components["schemas"])
-        if state.repository is not None and len(state.repository):
+        # With a key set the document stays open (a browser cannot send the key for /docs) but says nothing of
+        # the models: no names, feature names or training means, which only the key's holders may read.
+        if state.repository is not None and len(state.repository) and not key_required:
             _add_examples(spec, next(iter(state.repository)))
             _exact_features(components["schemas"], list(state.repository), state.settings.max_batch_rows)
         if state.repository is not None:  # cache only the complete schema

@@ -266,3 +266,12 @@ def test_onnxruntime_runs_off_the_event_loop_unless_asked(
         assert c.post("/v2/models/digits/infer", json=infer_body(2)).status_code == 200
         assert c.post("/v1/models/digits:predict", json={"instances": [ROW]}).status_code == 200
     assert seen == [on_loop, on_loop]
+
+
+def test_with_a_key_the_open_schema_names_no_model_detail(limited: TestClient) -> None:
+    """/openapi.json and /docs stay open (a browser cannot send the key) but tell nothing of the models."""
+    assert limited.get("/docs").status_code == 200
+    text = limited.get("/openapi.json").text
+    for model in limited.app.state.service.repository:  # type: ignore[attr-defined]
+        assert f'"{model.contract.feature_names[1]}"' not in text
+        assert str(round(float(model.contract.input_stats.mean[1]), 4)) not in text
