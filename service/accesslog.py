@@ -36,7 +36,8 @@ class AccessLog:
         self._pending: list[tuple[Any, ...]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._second = -1
-        self._stamp = ""
+        self._stamp = ""  # the current second, as text and JSON format it
+        self._utc = ""
 
     def record(
         self,
@@ -83,11 +84,17 @@ class AccessLog:
 
     def _asctime(self, t: float) -> str:
         """``logging``'s default ``%(asctime)s`` (local time, milliseconds), the second part cached."""
+        second = self._tick(t)
+        return f"{self._stamp},{int((t - second) * 1000):03d}"
+
+    def _tick(self, t: float) -> int:
+        """The whole second of ``t``, its two renderings cached until the next second."""
         second = int(t)
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        return f"{self._stamp},{int((t - second) * 1000):03d}"
+            self._utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return second
 
     def _text(self, entry: tuple[Any, ...]) -> str:
         t, method, path, status, seconds = entry[:5]
@@ -100,7 +107,7 @@ class AccessLog:
         t, method, path, status, seconds, request_id, protocol, model, version, rows, client = entry
         method, path = escape(method), escape(path[:200])
         fields = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z",
+            "ts": f"{self._utc}.{int((t - self._tick(t)) * 1000):03d}Z",
             "level": "info",
             "logger": NAME,
             "message": f"{method} {path} {status} {seconds * 1e3:.2f}ms",
