@@ -63,12 +63,12 @@ class Settings(BaseSettings):
         description="Seconds in-flight requests get to finish after SIGTERM before the server exits.",
     )
     inline_max_bytes: int = Field(
-        default=64 * 1024,
+        default=4096,
         ge=0,
         le=1024 * 1024,
-        description="Inference requests whose uncompressed body is at most this many bytes run on the event loop, "
-        "where their whole work costs less than the hop to an inference thread and back (up to a batch of ~200 "
-        "rows of 64 features in JSON); larger or compressed ones run on the inference threads. 0 sends every "
+        description="Inference requests whose uncompressed body is at most this many bytes run on the event loop: "
+        "their whole work (decode, onnxruntime, encode; a few rows of 64 features in JSON) costs less than the hop "
+        "to an inference thread and back. Larger or compressed ones run on the inference threads. 0 sends every "
         "inference to the threads.",
     )
     workers: int = Field(
