@@ -46,7 +46,8 @@ from experiments.plots import pyplot
 from featurestats import sample_psi
 from training.adapt import adapt_layers
 from training.data import Dataset, Split, Standardizer, load_digits
-from training.export import affine_forward, fold_model, hidden_statistics, make_contract
+from training.export import fold_model, hidden_statistics, make_contract
+from training.graph import affine_forward
 from training.layers import softmax_cross_entropy
 from training.optim import make_optimizer
 from training.train import TrainConfig, TrainedModel, TrainResult, batches, train

@@ -50,16 +50,23 @@ import contract as C
 from featurestats import input_statistics, sample_psi
 from training.data import DataError, _number
 from training.export import (
-    Affine,
     ExportError,
-    activate,
-    affine_forward,
-    build_folded,
     hidden_statistics,
     next_version,
     triton_config,
     verify,
     write_version,
+)
+from training.graph import (
+    ONNX_ACTIVATIONS,
+    Affine,
+    activate,
+    affine_forward,
+    build_folded,
+    f32,
+    finish,
+    head_nodes,
+    io_values,
 )
 
 #: Fewer adaptation rows than this are refused: below ~100 the per-unit standard deviations are too noisy
@@ -73,7 +80,7 @@ ADAPT_TOLERANCE = 1e-4
 #: A standard deviation below this is "constant" (training or adaptation rows), as the standardizer's floor.
 STD_FLOOR = 1e-8
 SCOPES = ("all", "inputs")
-_ACTIVATIONS = {"Relu", "Sigmoid", "Tanh"}
+_ACTIVATIONS = set(ONNX_ACTIVATIONS.values())
 
 
 class AdaptError(ValueError):
@@ -411,11 +418,6 @@ def build_corrected(
     "unfolded" side of the verification, run in ``onnx.reference``."""
     from onnx import helper
 
-    from training.export import _finish, _head_nodes, _io
-
-    def f32(name: str, arr: np.ndarray) -> onnx.TensorProto:
-        return numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name)
-
     nodes, inits = [], []
 
     def affine(h: str, corr: Correction, tag: str) -> str:
@@ -441,10 +443,10 @@ def build_corrected(
         if layer.activation is not None:
             nodes.append(helper.make_node(layer.activation, [h], [f"layer{i}.a"], name=f"layer{i}.act"))
             h = f"layer{i}.a"
-    nodes += _head_nodes(contract.task, h)
-    inputs, outputs = _io(contract.task, contract.n_features, contract.n_outputs)
+    nodes += head_nodes(contract.task, h)
+    inputs, outputs = io_values(contract.task, contract.n_features, contract.n_outputs)
     graph = helper.make_graph(nodes, "bnserve_adapted_unfolded", inputs, outputs, inits)
-    return _finish(graph, contract, version, "bnserve adapted MLP with the corrections as separate nodes.")
+    return finish(graph, contract, version, "bnserve adapted MLP with the corrections as separate nodes.")
 
 
 # --- the command line ---------------------------------------------------------------------------------------
