@@ -59,7 +59,7 @@ class Limits:
     max_batch_rows: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class Reply:
     """An encoded answer: the body and the headers that describe it (its Content-Type at least)."""
 

@@ -32,18 +32,23 @@ class FastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             headers = scope["headers"]
-            if any(name == b"content-length" for name, _ in headers):
-                path = scope["path"]
-                for route in self.routes:
-                    match = route.pattern.fullmatch(path)
-                    if match is None:
-                        continue
-                    if route.guarded and not self.auth.allows(headers):
-                        break  # FastAPI's route answers the 401, with the same decision
-                    try:
-                        response = await route.endpoint(Request(scope, receive), **match.groupdict())
-                    except ServiceError as exc:
-                        response = service_error_response(exc)
-                    await response(scope, receive, send)
-                    return
+            for name, _ in headers:  # a plain loop: this runs on every inference request
+                if name == b"content-length":
+                    break
+            else:
+                await self.app(scope, receive, send)
+                return
+            path = scope["path"]
+            for route in self.routes:
+                match = route.pattern.fullmatch(path)
+                if match is None:
+                    continue
+                if route.guarded and not self.auth.allows(headers):
+                    break  # FastAPI's route answers the 401, with the same decision
+                try:
+                    response = await route.endpoint(Request(scope, receive), **match.groupdict())
+                except ServiceError as exc:
+                    response = service_error_response(exc)
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)

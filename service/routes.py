@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service import dataplane, schemas, v1, v2
 from service.auth import ApiKey
-from service.dataplane import JSON
+from service.dataplane import JSON, RequestInfo
 from service.errors import NotReady
 from service.metrics import CONTENT_TYPE
 from service.middleware import request_info
@@ -94,10 +94,9 @@ class Endpoints:
     def __init__(self, state: ServiceState) -> None:
         self.state = state
 
-    def _model(self, request: Request, name: str, version: str | None) -> ModelRuntime:
-        """Resolve the model of a request and note it for the access log and metrics."""
-        model = self.state.model(name, version)
-        info = request_info(request)
+    def _model(self, info: RequestInfo, name: str, version: str | None) -> ModelRuntime:
+        """The model ``name`` at ``version`` (the highest when None), noted for the access log and metrics."""
+        model = self.state.models().get(name, version)
         info.model, info.version = model.name, model.version
         return model
 
@@ -110,7 +109,7 @@ class Endpoints:
         return Response(status_code=200)
 
     async def model_ready(self, request: Request, name: str, version: str | None = None) -> Response:
-        self._model(request, name, version)
+        self._model(request_info(request), name, version)
         if not self.state.ready:
             raise NotReady("shutting down")
         return Response(status_code=200)
@@ -119,12 +118,13 @@ class Endpoints:
         return json_response(v2.server_metadata(self.state.version))
 
     async def model_metadata(self, request: Request, name: str, version: str | None = None) -> Response:
-        model = self._model(request, name, version)
+        model = self._model(request_info(request), name, version)
         versions = sorted(self.state.models().models[name]) if version is None else [model.version]
         return json_response(v2.model_metadata(model, versions))
 
     async def v2_infer(self, request: Request, name: str, version: str | None = None) -> Response:
-        model = self._model(request, name, version)
+        info = request_info(request)
+        model = self._model(info, name, version)
         body = await request.body()
         encoding = request.headers.get("content-encoding")
         header_length = request.headers.get(v2.HEADER_LENGTH)
@@ -132,33 +132,33 @@ class Endpoints:
         assert state.offload is not None, "the models load before any inference"
         reply = await state.offload.run(
             len(body), encoding is not None, dataplane.infer_v2, model, body, encoding, header_length,
-            state.limits, request_info(request),
+            state.limits, info,
         )  # fmt: skip
         return Response(reply.body, headers=reply.headers)
 
     async def v1_predict(self, request: Request, name: str, version: str | None = None) -> Response:
-        model = self._model(request, name, version)
+        info = request_info(request)
+        model = self._model(info, name, version)
         body = await request.body()
         encoding = request.headers.get("content-encoding")
         state = self.state
         assert state.offload is not None, "the models load before any inference"
         reply = await state.offload.run(
-            len(body), encoding is not None, dataplane.predict_v1, model, body, encoding, state.limits,
-            request_info(request),
+            len(body), encoding is not None, dataplane.predict_v1, model, body, encoding, state.limits, info,
         )  # fmt: skip
         return Response(reply.body, headers=reply.headers)
 
     async def v1_status(self, request: Request, name: str) -> Response:
-        model = self._model(request, name, None)
+        model = self._model(request_info(request), name, None)
         versions = sorted(self.state.models().models[name])
         return json_response(v1.model_status(model, versions, self.state.ready))
 
     async def drift(self, request: Request, name: str, version: str | None = None) -> Response:
-        model = self._model(request, name, version)
+        model = self._model(request_info(request), name, version)
         return await run_in_threadpool(self._drift_report, model, False)  # ~0.1 ms of numpy
 
     async def drift_reset(self, request: Request, name: str, version: str | None = None) -> Response:
-        model = self._model(request, name, version)
+        model = self._model(request_info(request), name, version)
         return await run_in_threadpool(self._drift_report, model, True)
 
     def _drift_report(self, model: ModelRuntime, reset: bool) -> Response:
@@ -171,7 +171,7 @@ class Endpoints:
         return json_response(monitor.report() | {"model": model.name, "version": str(model.version)})
 
     async def drift_sample(self, request: Request, name: str, version: str | None = None) -> Response:
-        model = self._model(request, name, version)
+        model = self._model(request_info(request), name, version)
         return await run_in_threadpool(self._sample_csv, model)  # formatting 1000 rows takes milliseconds
 
     def _sample_csv(self, model: ModelRuntime) -> Response:

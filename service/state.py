@@ -40,6 +40,7 @@ class ServiceState:
 
     settings: Settings
     metrics: Metrics = field(init=False)
+    limits: Limits = field(init=False)
     repository: ModelRepository | None = None
     drift: dict[tuple[str, int], DriftMonitor] = field(default_factory=dict)  # by (name, version)
     samples: dict[tuple[str, int], Reservoir] = field(default_factory=dict)  # by (name, version), opt-in
@@ -55,14 +56,11 @@ class ServiceState:
         # Access lines are INFO events: none below that level, as with any other INFO line.
         writes = self.settings.access_log and self.settings.log_level in ("info", "debug")
         self.access_log = AccessLog(self.settings.log_format) if writes else None
+        self.limits = Limits(self.settings.max_body_bytes, self.settings.max_batch_rows)
 
     @property
     def ready(self) -> bool:
         return self.repository is not None and not self.draining
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(self.settings.max_body_bytes, self.settings.max_batch_rows)
 
     def begin_shutdown(self) -> None:
         """Readiness goes false (load balancers stop sending); requests already here still complete."""
@@ -73,10 +71,6 @@ class ServiceState:
         if self.repository is None:
             raise NotReady("the models are not loaded yet")
         return self.repository
-
-    def model(self, name: str, version: str | None) -> ModelRuntime:
-        """The model ``name`` at ``version`` (the highest when None); NotReady or NotFound otherwise."""
-        return self.models().get(name, version)
 
     def drift_monitor(self, model: ModelRuntime) -> DriftMonitor:
         """The drift monitor of a loaded model, up to date; :class:`NotFound` when monitoring is off."""
