@@ -1,5 +1,5 @@
 """``python -m training``: train a Batch-Normalized MLP, fold it, verify it and write it to the model repository;
-``python -m training adapt ...``: re-estimate a served model's statistics on unlabeled rows (training/adapt.py).
+``python -m training adapt ...``: re-estimate a served model's statistics on unlabeled rows (training/adapt_cli.py).
 
 Bad input ends with one readable line on stderr and a non-zero exit status: 2 for bad data or options,
 1 when the export refuses to write (verification failed).
@@ -149,8 +149,8 @@ def load(args: argparse.Namespace) -> Dataset:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["adapt"]:  # `python -m training adapt ...`: AdaBN on a served model (training/adapt.py)
-        from training.adapt import main as adapt_main
+    if argv[:1] == ["adapt"]:  # `python -m training adapt ...`: AdaBN on a served model (training/adapt_cli.py)
+        from training.adapt_cli import main as adapt_main
 
         return adapt_main(argv[1:])
     args = parser().parse_args(argv)

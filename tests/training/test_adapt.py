@@ -259,7 +259,7 @@ def test_adapt_refuses_unknown_models_and_bad_cells(repo, digits):
     r = run_adapt("--repository", str(repo / "models"), "--name", "digits", "--rows", str(bad))
     assert (
         r.returncode == 2
-        and r.stderr == f"error: {bad}: row 2, column 'pixel_0_0' is not a finite number: 'abc'\n"
+        and r.stderr == f"error: {bad}: row 0 (line 2), column 'pixel_0_0' is not a finite number: 'abc'\n"
     )
 
 
