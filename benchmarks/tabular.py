@@ -131,14 +131,14 @@ def sklearn_models(task: str, seed: int) -> dict[str, Callable[[], Any]]:
         return {
             "LogisticRegression": lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)),
             "MLP(256,256)": lambda: make_pipeline(
-                StandardScaler(), MLPClassifier((256, 256), max_iter=500, random_state=seed)
+                StandardScaler(), MLPClassifier(hidden_layer_sizes=(256, 256), max_iter=500, random_state=seed)
             ),
             "HistGradientBoosting": lambda: HistGradientBoostingClassifier(random_state=seed),
         }
     return {
         "Ridge": lambda: make_pipeline(StandardScaler(), Ridge()),
         "MLP(256,256)": lambda: make_pipeline(
-            StandardScaler(), MLPRegressor((256, 256), max_iter=2000, random_state=seed)
+            StandardScaler(), MLPRegressor(hidden_layer_sizes=(256, 256), max_iter=2000, random_state=seed)
         ),
         "HistGradientBoosting": lambda: HistGradientBoostingRegressor(random_state=seed),
     }
