@@ -27,7 +27,19 @@ Keys (all values are strings; structured values are JSON):
                                statistics of that output with the keys and meaning of ``input_stats``
 ``bnserve.adaptation``         optional JSON object, only in versions written by ``python -m training adapt``:
                                ``parent_version``, ``rows``, ``date``, ``drift_score_before``, ``layers``, ...
+``bnserve.inputs``             optional JSON list, one object per feature in ``feature_names`` order (see
+                               :class:`InputSpec`): ``name``, ``kind`` (``numeric``, ``categorical`` or
+                               ``boolean``), ``categories`` and their training ``frequencies``, ``impute`` (the
+                               value a missing cell gets inside the graph, or null: missing is refused),
+                               ``missing_indicator``, ``missing_rate``. Without it every feature is numeric and
+                               nothing is imputed (models written before the key existed).
 =============================  ===============================================================================
+
+Numeric features travel in the float32 input ``input`` ``[N, n_numeric]`` (NaN marks a missing cell of an
+imputed feature); categorical and boolean features in the string input ``categorical`` ``[N, n_categorical]``
+(the empty string marks a missing cell), each in ``feature_names`` order. The graph maps a category it never
+saw in training to an "unknown" bucket; the service counts those. ``input_stats`` describe the numeric
+features only.
 
 Hidden outputs are extra graph outputs: the service runs them only for its own drift monitor and never returns
 them unless a client names them.
@@ -54,9 +66,11 @@ KEY_INPUT_STATS = PREFIX + "input_stats"
 KEY_TRAINING = PREFIX + "training"
 KEY_HIDDEN_STATS = PREFIX + "hidden_stats"
 KEY_ADAPTATION = PREFIX + "adaptation"
+KEY_INPUTS = PREFIX + "inputs"
 
 # Tensor names of the served graph.
 INPUT_NAME = "input"
+INPUT_CATEGORICAL = "categorical"
 OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_LABEL = "label"
 OUTPUT_PREDICTION = "prediction"
@@ -66,6 +80,13 @@ TASK_REGRESSION = "regression"
 TASKS = (TASK_CLASSIFICATION, TASK_REGRESSION)
 
 N_BINS = 10  # deciles: 9 inner edges, 10 bins
+
+KIND_NUMERIC = "numeric"
+KIND_CATEGORICAL = "categorical"
+KIND_BOOLEAN = "boolean"
+KINDS = (KIND_NUMERIC, KIND_CATEGORICAL, KIND_BOOLEAN)
+#: How a boolean feature's cells are written to the ``categorical`` input (JSON true/false map to these).
+BOOLEAN_CATEGORIES = ["false", "true"]
 
 #: The version a source tree that is not installed reports (PEP 440 local: never mistaken for a release).
 UNINSTALLED_VERSION = "0.0.0+local"
@@ -173,6 +194,83 @@ class HiddenLayerStats:
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """One feature as a client sends it: its kind, its categories, and what a missing cell becomes."""
+
+    name: str
+    kind: str = KIND_NUMERIC
+    categories: list[str] = field(default_factory=list)
+    frequencies: list[float] = field(default_factory=list)  # training share of each category
+    impute: float | str | None = None  # None: a missing cell is refused, not imputed
+    missing_indicator: bool = False
+    missing_rate: float = 0.0  # share of missing cells in the training split
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ContractError(f"input {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == KIND_NUMERIC:
+            if self.categories or self.frequencies:
+                raise ContractError(f"input {self.name!r} is numeric but lists categories")
+            if self.impute is not None and (
+                isinstance(self.impute, (str, bool)) or not math.isfinite(self.impute)
+            ):
+                raise ContractError(
+                    f"input {self.name!r}: impute must be a finite number, got {self.impute!r}"
+                )
+        else:
+            if not self.categories or not all(isinstance(c, str) and c for c in self.categories):
+                raise ContractError(
+                    f"input {self.name!r}: categories must be a non-empty list of non-empty strings"
+                )
+            if len(set(self.categories)) != len(self.categories):
+                raise ContractError(f"input {self.name!r}: categories have duplicates")
+            if len(self.frequencies) != len(self.categories) or any(f < 0 for f in self.frequencies):
+                raise ContractError(f"input {self.name!r}: needs one non-negative frequency per category")
+            if self.impute is not None and self.impute not in self.categories:
+                raise ContractError(
+                    f"input {self.name!r}: impute {self.impute!r} is not one of its categories"
+                )
+        if not 0.0 <= self.missing_rate <= 1.0:
+            raise ContractError(
+                f"input {self.name!r}: missing_rate must be in [0, 1], got {self.missing_rate}"
+            )
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.kind == KIND_NUMERIC
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        if not self.is_numeric:
+            out["categories"] = self.categories
+            out["frequencies"] = self.frequencies
+        out.update(
+            impute=self.impute, missing_indicator=self.missing_indicator, missing_rate=self.missing_rate
+        )
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any) -> InputSpec:
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+            raise ContractError(f"each entry of {KEY_INPUTS} must be an object with a 'name'")
+        impute = obj.get("impute")
+        if impute is not None and not isinstance(impute, (int, float, str)):
+            raise ContractError(f"input {obj['name']!r}: impute must be a number, a string or null")
+        try:
+            return cls(
+                name=obj["name"],
+                kind=str(obj.get("kind", KIND_NUMERIC)),
+                categories=list(obj.get("categories", [])),
+                frequencies=[float(f) for f in obj.get("frequencies", [])],
+                impute=float(impute) if isinstance(impute, int) and not isinstance(impute, bool) else impute,
+                missing_indicator=bool(obj.get("missing_indicator", False)),
+                missing_rate=float(obj.get("missing_rate", 0.0)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ContractError(f"input {obj['name']!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
 class ModelContract:
     """What a ``model.onnx`` promises its server, beyond the graph itself."""
 
@@ -185,6 +283,8 @@ class ModelContract:
     hidden_stats: list[HiddenLayerStats] = field(default_factory=list)
     adaptation: dict[str, Any] = field(default_factory=dict)
     contract_version: int = CONTRACT_VERSION
+    #: One per feature, in ``feature_names`` order; empty means every feature numeric, nothing imputed.
+    inputs: list[InputSpec] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -203,16 +303,43 @@ class ModelContract:
         elif not self.target_names:
             raise ContractError("regression needs at least 1 target name")
         hidden = [h.output for h in self.hidden_stats]
-        if len(set(hidden)) != len(hidden) or set(hidden) & {INPUT_NAME, *output_names(self.task)}:
+        if len(set(hidden)) != len(hidden) or set(hidden) & {
+            INPUT_NAME,
+            INPUT_CATEGORICAL,
+            *output_names(self.task),
+        }:
             raise ContractError(
                 f"{KEY_HIDDEN_STATS}: output names must be distinct from each other and the graph's"
             )
         if len({h.name for h in self.hidden_stats}) != len(self.hidden_stats):
             raise ContractError(f"{KEY_HIDDEN_STATS}: layer names have duplicates")
+        if self.inputs and [i.name for i in self.inputs] != self.feature_names:
+            raise ContractError(f"{KEY_INPUTS} must describe feature_names one by one, in order")
+        if not self.numeric_names:
+            # input_stats and the graph's float input are per numeric feature; an empty one helps nobody.
+            raise ContractError("at least one numeric feature is needed")
 
     @property
     def n_features(self) -> int:
-        return len(self.feature_names)
+        """Width of the float input ``input``: the numeric features."""
+        return len(self.numeric_names)
+
+    @property
+    def input_specs(self) -> list[InputSpec]:
+        """One spec per feature (all numeric, nothing imputed, for a contract without ``inputs``)."""
+        return self.inputs or [InputSpec(n) for n in self.feature_names]
+
+    @property
+    def numeric_names(self) -> list[str]:
+        """The features of the float input ``input``, in its column order."""
+        if not self.inputs:
+            return list(self.feature_names)
+        return [i.name for i in self.inputs if i.is_numeric]
+
+    @property
+    def categorical_names(self) -> list[str]:
+        """The features of the string input ``categorical`` (categorical and boolean), in its column order."""
+        return [i.name for i in self.inputs if not i.is_numeric]
 
     @property
     def n_outputs(self) -> int:
@@ -236,6 +363,8 @@ class ModelContract:
             meta[KEY_HIDDEN_STATS] = json.dumps([h.to_json() for h in self.hidden_stats], allow_nan=False)
         if self.adaptation:
             meta[KEY_ADAPTATION] = json.dumps(self.adaptation, allow_nan=False, default=str)
+        if self.inputs:
+            meta[KEY_INPUTS] = json.dumps([i.to_json() for i in self.inputs], allow_nan=False)
         return meta
 
     @classmethod
@@ -259,7 +388,14 @@ class ModelContract:
         names = _json(meta, KEY_FEATURE_NAMES)
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ContractError(f"{KEY_FEATURE_NAMES} must be a JSON list of strings")
-        stats = InputStats.from_json(_json(meta, KEY_INPUT_STATS), len(names))
+        inputs: list[InputSpec] = []
+        if KEY_INPUTS in meta:
+            raw_inputs = _json(meta, KEY_INPUTS)
+            if not isinstance(raw_inputs, list):
+                raise ContractError(f"{KEY_INPUTS} must be a JSON list")
+            inputs = [InputSpec.from_json(i) for i in raw_inputs]
+        n_numeric = sum(i.is_numeric for i in inputs) if inputs else len(names)
+        stats = InputStats.from_json(_json(meta, KEY_INPUT_STATS), n_numeric)
         training = _json(meta, KEY_TRAINING) if KEY_TRAINING in meta else {}
         if not isinstance(training, dict):
             raise ContractError(f"{KEY_TRAINING} must be a JSON object")
@@ -292,6 +428,7 @@ class ModelContract:
             hidden_stats=hidden,
             adaptation=adaptation,
             contract_version=version,
+            inputs=inputs,
         )
 
 

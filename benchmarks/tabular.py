@@ -10,7 +10,7 @@ validation split unused by them) and are scored on the same test rows:
 
 Prints one line per table and model (mean ± standard deviation over the seeds) and a Markdown table.
 
-    python benchmarks/tabular.py [--seeds 5] [--tables wine iris breast_cancer diabetes digits]
+    python -m benchmarks.tabular [--seeds 5] [--tables wine iris breast_cancer diabetes digits]
 
 Needs scikit-learn (the ``dev`` extra).
 """
@@ -30,9 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 TABLES = ("wine", "iris", "breast_cancer", "diabetes", "digits")
 
@@ -68,11 +66,15 @@ def make_table(name: str) -> Table:
     if name == "diabetes":
         # The raw (unscaled) values: what a user's file holds.
         bunch = skd.load_diabetes(scaled=False)
-        return Table(name, list(bunch.feature_names), bunch.data, bunch.target.tolist(), "progression", "regression")
+        return Table(
+            name, list(bunch.feature_names), bunch.data, bunch.target.tolist(), "progression", "regression"
+        )
     if name == "iris":  # text labels, as in the usual CSV
         y = [str(bunch.target_names[k]) for k in bunch.target]
         return Table(name, list(bunch.feature_names), bunch.data, y, "species", "classification")
-    return Table(name, list(bunch.feature_names), bunch.data, bunch.target.tolist(), "target", "classification")
+    return Table(
+        name, list(bunch.feature_names), bunch.data, bunch.target.tolist(), "target", "classification"
+    )
 
 
 def write_csv(table: Table, directory: Path) -> Path:
@@ -131,7 +133,8 @@ def sklearn_models(task: str, seed: int) -> dict[str, Callable[[], Any]]:
         return {
             "LogisticRegression": lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)),
             "MLP(256,256)": lambda: make_pipeline(
-                StandardScaler(), MLPClassifier(hidden_layer_sizes=(256, 256), max_iter=500, random_state=seed)
+                StandardScaler(),
+                MLPClassifier(hidden_layer_sizes=(256, 256), max_iter=500, random_state=seed),
             ),
             "HistGradientBoosting": lambda: HistGradientBoostingClassifier(random_state=seed),
         }

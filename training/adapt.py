@@ -59,11 +59,6 @@ from training.graph import (
 #: Fewer adaptation rows than this are refused: below ~100 the per-unit standard deviations are too noisy
 #: (docs/experiments/adaptation.md measures accuracy after adapting on 10, 100 and 1000 rows).
 MIN_ROWS = 100
-#: The verification's tolerance on probabilities. Export's is 1e-5; an adapted fold carries the shift into its
-#: weights (up to a few times larger, with a bias cancelling the shifted inputs' offset), so float32 rounding
-#: alone reaches ~1e-5 on the digits dimmed to half contrast. 1e-4 still fails any fold that is wrong, which is
-#: off by orders of magnitude more.
-ADAPT_TOLERANCE = 1e-4
 #: A standard deviation below this is "constant" (training or adaptation rows), as the standardizer's floor.
 STD_FLOOR = 1e-8
 SCOPES = ("all", "inputs")

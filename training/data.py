@@ -1,23 +1,26 @@
 """Datasets: the bundled digits, the user's CSV, stratified splits, input standardization and the description
 of the data a model was trained on.
 
-Bad data raises :class:`DataError` with one line that names the file, row and column; the command line
-prints it and exits with status 2. Rows are counted from 0 over the data rows (the first row after the header
+Bad data raises :class:`DataError` with one line that names the file, row and column (or one short block:
+the first few bad cells and their count); the command line prints it and exits with status 2. Rows are counted from 0 over the data rows (the first row after the header
 is row 0), as the service counts the rows of a request; the file line follows: ``row 5 (line 7)``.
 """
 
 from __future__ import annotations
 
-import csv
 import gzip
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from contract import TASK_CLASSIFICATION, TASK_REGRESSION, InputStats
+from contract import TASK_CLASSIFICATION, TASK_REGRESSION, InputSpec, InputStats
 from featurestats import input_statistics
+from training.tables import Column, DataError, FeatureEncoder, read_table, row_label
+
+__all__ = ["DataError", "Dataset", "Split", "Standardizer", "load_csv", "load_digits", "row_label", "split"]
 
 DIGITS_PATH = Path(__file__).parent / "data" / "digits.csv.gz"
 MIN_ROWS = 10
@@ -25,10 +28,6 @@ MIN_ROWS = 10
 MAX_INFERRED_CLASSES = 20
 # A feature whose training standard deviation is below this is constant: it is centred but not scaled.
 STD_FLOOR = 1e-8
-
-
-class DataError(ValueError):
-    """Bad input data; the message is one line naming the file, row and column."""
 
 
 @dataclass
@@ -48,10 +47,31 @@ class Dataset:
     target_names: list[str]
     source: str
     task_inferred: bool = False
+    #: A CSV's feature columns as read (numbers with NaN, categories as text); ``X`` is their design matrix,
+    #: re-encoded by :meth:`fitted` on the training rows. None for a dataset that is numbers only (digits).
+    columns: list[Column] | None = None
+    encoder: FeatureEncoder | None = None
+    missing_indicator: bool = False
+    notices: list[str] = field(default_factory=list)
 
     @property
     def n_outputs(self) -> int:
         return len(self.class_labels) if self.task == TASK_CLASSIFICATION else len(self.target_names)
+
+    def fitted(self, train_rows: np.ndarray) -> Dataset:
+        """This dataset with its encoding (medians, categories, their frequencies) fitted on ``train_rows``
+        only, and ``X`` re-encoded with it; a numbers-only dataset is returned as it is."""
+        if self.columns is None:
+            return self
+        encoder = FeatureEncoder.fit(self.columns, train_rows, self.missing_indicator)
+        return replace(self, X=encoder.transform(self.columns), encoder=encoder)
+
+    @property
+    def n_numeric(self) -> int:
+        """The numeric features, which lead the design matrix (then indicators, then one-hot blocks)."""
+        if self.encoder is None:
+            return self.X.shape[1]
+        return sum(spec.is_numeric for spec in self.encoder.inputs)
 
 
 def load_digits() -> Dataset:
@@ -70,71 +90,34 @@ def load_digits() -> Dataset:
     )
 
 
-def _number(text: str) -> float | None:
-    """``float(text)`` for a finite number, else None."""
-    try:
-        v = float(text)
-    except ValueError:
-        return None
-    return v if math.isfinite(v) else None
-
-
-def row_label(index: int, line: int) -> str:
-    """``row 5 (line 7)``: rows count from 0 over the data rows, as the service counts a batch's rows; the
-    file line (1-based, the header is line 1) is for the editor."""
-    return f"row {index} (line {line})"
-
-
-def load_csv(path: str | Path, target: str, task: str | None = None) -> Dataset:
-    """Load a CSV with a header row; every column but ``target`` is a numeric feature."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            rows: list[tuple[int, list[str]]] = []  # (the file line the row starts on, its cells)
-            end = 0
-            for r in reader:
-                rows.append((end + 1, r))
-                end = reader.line_num  # counts the line breaks inside quoted cells too
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot be read as CSV ({exc})") from None
-    if not rows or not any(cell.strip() for cell in rows[0][1]):
-        raise DataError(f"{path}: the file is empty (a header row is required)")
-    header = [h.strip() for h in rows[0][1]]
-    if target not in header:
-        raise DataError(f"{path}: no column named {target!r} (columns: {', '.join(header)})")
-    if len(set(header)) != len(header):
-        dup = sorted({h for h in header if header.count(h) > 1})
-        raise DataError(f"{path}: duplicate column names {dup}")
-    t = header.index(target)
-    feature_idx = [j for j in range(len(header)) if j != t]
-    if not feature_idx:
-        raise DataError(f"{path}: no feature columns besides the target {target!r}")
-    body = [(line, r) for line, r in rows[1:] if any(cell.strip() for cell in r)]
-    X = np.empty((len(body), len(feature_idx)))
-    targets: list[str] = []
-    for i, (line, r) in enumerate(body):
-        if len(r) != len(header):
-            raise DataError(f"{path}: {row_label(i, line)} has {len(r)} cells, the header has {len(header)}")
-        for k, j in enumerate(feature_idx):
-            cell = r[j].strip()
-            if cell == "" or cell.lower() in {"nan", "na", "null"}:
-                raise DataError(f"{path}: {row_label(i, line)}, column {header[j]!r} is empty or NaN")
-            v = _number(cell)
-            if v is None:
-                raise DataError(
-                    f"{path}: {row_label(i, line)}, column {header[j]!r} is not a finite number: {cell[:40]!r}"
-                )
-            X[i, k] = v
-        cell = r[t].strip()
-        if cell == "" or cell.lower() in {"nan", "na", "null"}:
-            raise DataError(f"{path}: {row_label(i, line)}, target column {target!r} is empty or NaN")
-        targets.append(cell)
-    if len(body) < MIN_ROWS:
-        raise DataError(f"{path}: {len(body)} data rows, at least {MIN_ROWS} are needed")
-
+def load_csv(
+    path: str | Path,
+    target: str,
+    task: str | None = None,
+    *,
+    encoding: str | None = None,
+    delimiter: str | None = None,
+    features: Sequence[str] | None = None,
+    drop: Sequence[str] = (),
+    categorical: Sequence[str] = (),
+    missing_indicator: bool = False,
+) -> Dataset:
+    """Load a CSV with a header row (dialect sniffed, see :mod:`training.tables`); ``target`` is predicted
+    from the other useful columns, numeric, categorical or boolean."""
+    table = read_table(
+        path,
+        target,
+        encoding=encoding,
+        delimiter=delimiter,
+        features=features,
+        drop=drop,
+        categorical=categorical,
+    )
+    path = table.path
+    n = table.n_rows
+    if n < MIN_ROWS:
+        raise DataError(f"{path}: {n} data rows, at least {MIN_ROWS} are needed")
+    targets = [str(v) if not isinstance(v, str) else v for v in table.target]
     numeric = [_number(v) for v in targets]
     all_numeric = all(v is not None for v in numeric)
     inferred = task is None
@@ -149,17 +132,25 @@ def load_csv(path: str | Path, target: str, task: str | None = None) -> Dataset:
             task = TASK_CLASSIFICATION
         else:
             task = TASK_REGRESSION
-    feature_names = [header[j] for j in feature_idx]
+    encoder = FeatureEncoder.fit(table.columns, np.arange(n), missing_indicator)
+    common = dict(
+        source=str(path),
+        task_inferred=inferred,
+        columns=table.columns,
+        encoder=encoder,
+        missing_indicator=missing_indicator,
+        notices=table.notices,
+    )
+    X = encoder.transform(table.columns)
     if task == TASK_REGRESSION:
         if not all_numeric:
             bad = next(i for i, v in enumerate(numeric) if v is None)
             raise DataError(
-                f"{path}: {row_label(bad, body[bad][0])}, target column {target!r} is not a number "
-                f"({targets[bad][:40]!r}) "
-                "but the task is regression"
+                f"{path}: {table.row_label(bad)}, target column {target!r} is not a number "
+                f"({targets[bad][:40]!r}) but the task is regression"
             )
         y = np.array(numeric, dtype=np.float64).reshape(-1, 1)
-        return Dataset(path.stem, X, y, feature_names, task, [], [target], str(path), inferred)
+        return Dataset(path.stem, X, y, table.names, task, [], [target], **common)  # type: ignore[arg-type]
     if task != TASK_CLASSIFICATION:
         raise DataError(f"task must be 'classification' or 'regression', got {task!r}")
     labels: list[str | int | float]
@@ -177,7 +168,16 @@ def load_csv(path: str | Path, target: str, task: str | None = None) -> Dataset:
         )
     index = {lab: i for i, lab in enumerate(labels)}
     y = np.array([index[v] for v in keyed], dtype=np.int64)
-    return Dataset(path.stem, X, y, feature_names, task, labels, [], str(path), inferred)
+    return Dataset(path.stem, X, y, table.names, task, labels, [], **common)  # type: ignore[arg-type]
+
+
+def _number(text: str) -> float | None:
+    """``float(text)`` for a finite number, else None."""
+    try:
+        v = float(text)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
 
 
 @dataclass
@@ -239,8 +239,10 @@ class DataDescription:
     feature_names: list[str]
     class_labels: list[str | int | float]
     target_names: list[str]
-    input_stats: InputStats
+    input_stats: InputStats  # of the numeric features (after imputation)
     rows: dict[str, int]  # per split: train, val, test
+    inputs: list[InputSpec] = field(default_factory=list)  # per feature: kind, categories, imputation
+    design_names: list[str] = field(default_factory=list)  # per column of the network's input
 
     @classmethod
     def of(cls, ds: Dataset, sp: Split) -> DataDescription:
@@ -252,6 +254,8 @@ class DataDescription:
             feature_names=list(ds.feature_names),
             class_labels=list(ds.class_labels),
             target_names=list(ds.target_names),
-            input_stats=input_statistics(ds.X[sp.train]),
+            input_stats=input_statistics(ds.X[sp.train][:, : ds.n_numeric]),
             rows={"train": len(sp.train), "val": len(sp.val), "test": len(sp.test)},
+            inputs=list(ds.encoder.inputs) if ds.encoder else [],
+            design_names=ds.encoder.design_names if ds.encoder else [],
         )

@@ -1,9 +1,15 @@
 """Export: fold the frozen statistics into the weights, write ONNX, and verify before anything is written.
 
-The folded graph (what is served) is ``[Gemm -> activation] * k -> Gemm -> Softmax / ArgMax`` on raw,
-unstandardized features. The unfolded graph (for inspection) keeps the standardization as ``Sub``/``Div`` and
-each BN as an inference-mode ``BatchNormalization`` node, so anyone can check that the fold is exact. Both are
-built in :mod:`training.graph`; here they are folded, verified against each other and written.
+The folded graph (what is served) is ``front end -> [Gemm -> activation] * k -> Gemm -> Softmax / ArgMax`` on
+raw, unstandardized features: the front end (:mod:`training.frontend`) imputes missing cells and one-hot
+encodes categories, and, when folding the input standardization would lose precision (a large mean next to a
+small spread: years, prices; :func:`training.precision.needs_centring`), subtracts the mean itself; the scale
+is always folded. The unfolded graph (for inspection) keeps the standardization as ``Sub``/``Div`` and each BN
+as an inference-mode ``BatchNormalization`` node.
+
+Verification compares both graphs, in onnxruntime and in ``onnx.reference``, with the trained network
+evaluated in float64 (:func:`network64`), each output within a tolerance derived from float32 rounding of
+the actual magnitudes (:mod:`training.precision`); it names the comparison that failed.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from onnx.reference import ReferenceEvaluator
 
 import contract as C
 from featurestats import input_statistics
+from training import precision
 from training.fold import fold_batchnorm, fold_output_scale, fold_standardization
 from training.graph import (
     ONNX_ACTIVATIONS,
@@ -32,13 +39,25 @@ from training.graph import (
     build_unfolded,
     hidden_output_name,
 )
+from training.tables import FeatureEncoder
 from training.train import TrainedModel, TrainResult
 
-TOLERANCE = 1e-5
+#: The unfolded graph does more float32 operations than the folded one (a division, BN's four per unit):
+#: it gets this multiple of the folded graph's tolerance.
+UNFOLDED_SLACK = 4.0
 
 
 class ExportError(RuntimeError):
     """The export refused to write a model (verification failed, bad repository, ...)."""
+
+
+def centring(model: TrainedModel) -> np.ndarray | None:
+    """The mean the graph subtracts before the first Gemm (float32 values, as float64), or None when the
+    whole standardization folds without losing precision."""
+    std = model.standardizer
+    if not precision.needs_centring(std.mean, std.std):
+        return None
+    return np.asarray(std.mean, np.float32).astype(np.float64)
 
 
 def hidden_statistics(layers: list[Affine], X: np.ndarray) -> list[C.HiddenLayerStats]:
@@ -50,17 +69,24 @@ def hidden_statistics(layers: list[Affine], X: np.ndarray) -> list[C.HiddenLayer
     ]
 
 
-def fold_model(model: TrainedModel) -> list[Affine]:
-    """The network as affine layers on raw features, folded in float64 (cast to float32 when written)."""
+def fold_model(model: TrainedModel, centre: np.ndarray | None = None) -> list[Affine]:
+    """The network as affine layers on raw features (minus ``centre``, when the graph subtracts one), folded
+    in float64 (cast to float32 when written).
+
+    With a centre ``c`` the first layer sees ``x - c`` and folds only the rest of the standardization,
+    ``(x - c - (mean - c)) / std``: the bias repays the centre's float32 rounding ``c - mean``, so the graph
+    is the trained network exactly, up to rounding of small numbers.
+    """
     net = model.net
     std = model.standardizer
+    shift = std.mean if centre is None else std.mean - centre
     act_op = ONNX_ACTIVATIONS[net.config.activation]
     layers: list[Affine] = []
     first = True
     for blk in net.blocks:
         W, b = blk.linear.W.astype(np.float64), blk.linear.b
         if first:
-            W, b = fold_standardization(W, b, std.mean, std.std)
+            W, b = fold_standardization(W, b, shift, std.std)
             first = False
         if blk.bn is not None:
             bn = blk.bn
@@ -68,7 +94,7 @@ def fold_model(model: TrainedModel) -> list[Affine]:
         layers.append(Affine(W, np.zeros(W.shape[1]) if b is None else np.asarray(b, np.float64), act_op))
     W, b = net.head.W.astype(np.float64), net.head.b
     if first:
-        W, b = fold_standardization(W, b, std.mean, std.std)
+        W, b = fold_standardization(W, b, shift, std.std)
     assert b is not None
     if model.task == C.TASK_REGRESSION:
         assert model.y_mean is not None and model.y_std is not None
@@ -77,8 +103,31 @@ def fold_model(model: TrainedModel) -> list[Affine]:
     return layers
 
 
-def run_onnxruntime(model: onnx.ModelProto, X: np.ndarray) -> dict[str, np.ndarray]:
-    """All outputs of ``model`` on ``X`` in onnxruntime (CPU, one thread)."""
+def network64(model: TrainedModel, design: np.ndarray) -> np.ndarray:
+    """The trained network, unfolded, every operation in float64: the pre-softmax logits (classification)
+    or the de-standardized predictions (regression) of design rows ``design`` ``(N, D)``. The truth the
+    exported graphs are verified against; independent of the fold."""
+    net, std = model.net, model.standardizer
+    act = ONNX_ACTIVATIONS[net.config.activation]
+    h = (np.asarray(design, np.float64) - std.mean) / std.std  # (N, D)
+    for blk in net.blocks:
+        z = h @ blk.linear.W.astype(np.float64)
+        if blk.linear.b is not None:
+            z = z + blk.linear.b
+        if blk.bn is not None:
+            bn = blk.bn
+            var = bn.running_var.astype(np.float64)
+            z = (z - bn.running_mean) / np.sqrt(var + bn.eps) * bn.gamma.astype(np.float64) + bn.beta
+        h = precision.activate(z, act)
+    out = h @ net.head.W.astype(np.float64) + net.head.b
+    if model.task == C.TASK_REGRESSION:
+        assert model.y_mean is not None and model.y_std is not None
+        out = out * model.y_std + model.y_mean
+    return out
+
+
+def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """All outputs of ``model`` on ``feeds`` in onnxruntime (CPU, one thread)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -86,55 +135,82 @@ def run_onnxruntime(model: onnx.ModelProto, X: np.ndarray) -> dict[str, np.ndarr
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, {C.INPUT_NAME: X.astype(np.float32)})))
+    return dict(zip(names, sess.run(names, feeds)))
+
+
+def feeds_for(contract: C.ModelContract, x: np.ndarray, s: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The graph's inputs: float32 numbers, and the categorical strings when the model has any."""
+    feeds = {C.INPUT_NAME: np.asarray(x, np.float32)}
+    if contract.categorical_names:
+        assert s is not None
+        feeds[C.INPUT_CATEGORICAL] = np.asarray(s, dtype=object)
+    return feeds
 
 
 def verify(
     folded: onnx.ModelProto,
     unfolded: onnx.ModelProto,
-    model: TrainedModel,
-    X: np.ndarray,
-    tol: float = TOLERANCE,
+    truth: np.ndarray,
+    layers: list[Affine],
+    centre: np.ndarray | None,
+    contract: C.ModelContract,
+    x: np.ndarray,
+    s: np.ndarray | None = None,
+    unfolded_centre: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Compare the folded graph (onnxruntime) with the numpy test-time forward and with the unfolded graph
-    (``onnx.reference``) on raw rows ``X``; raise :class:`ExportError` if any gap exceeds ``tol``.
+    """Check both graphs on held-out rows (``x`` numbers, ``s`` strings, as a client sends them) against
+    ``truth``, the network's outputs (probabilities or predictions) computed unfolded in float64; raise
+    :class:`ExportError` naming the comparison that failed.
 
-    For classification the gap is the largest absolute difference in ``probabilities`` (and labels must agree
-    wherever the top two probabilities are further apart than ``tol``); for regression the largest
-    ``|a - b| / (1 + |b|)`` in ``prediction``.
+    The folded graph (``layers`` after an optional ``centre``) runs in onnxruntime and in ``onnx.reference``,
+    the unfolded one in ``onnx.reference``; every output must be within the float32 tolerance of
+    :func:`training.precision.error_bound` (the unfolded graph, which subtracts ``unfolded_centre``, within
+    ``UNFOLDED_SLACK`` times its own), and the labels must be the truth's wherever its top two probabilities
+    are further apart than twice the tolerance.
     """
-    key = C.OUTPUT_PROBABILITIES if model.task == C.TASK_CLASSIFICATION else C.OUTPUT_PREDICTION
-    X32 = X.astype(np.float32)
-    served = run_onnxruntime(folded, X32)
-    reference = np.asarray(model.output(X), dtype=np.float64)
-    ref_eval = ReferenceEvaluator(unfolded)
-    unfolded_out = dict(zip([o.name for o in unfolded.graph.output], ref_eval.run(None, {C.INPUT_NAME: X32})))
-
-    def gap(a: np.ndarray, b: np.ndarray) -> float:
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        if not np.all(np.isfinite(a)):
-            return float("inf")
-        d = np.abs(a - b)
-        return float((d if key == C.OUTPUT_PROBABILITIES else d / (1.0 + np.abs(b))).max())
-
-    report = {
-        "folded_vs_numpy": gap(served[key], reference),
-        "folded_vs_unfolded": gap(served[key], unfolded_out[key]),
-        "unfolded_vs_numpy": gap(unfolded_out[key], reference),
-        "rows": float(len(X)),
-    }
-    worst = max(report["folded_vs_numpy"], report["folded_vs_unfolded"], report["unfolded_vs_numpy"])
-    if not worst <= tol:
-        raise ExportError(
-            f"verification failed: the folded model differs from the unfolded network by {worst:.3g} "
-            f"in {key} (tolerance {tol:g}) on {len(X)} held-out rows; nothing was written"
-        )
-    if key == C.OUTPUT_PROBABILITIES:
-        top2 = np.sort(reference, axis=1)[:, -2:]
-        clear = (top2[:, 1] - top2[:, 0]) > 2 * tol
-        if np.any(served[C.OUTPUT_LABEL][clear] != reference[clear].argmax(axis=1)):
+    classification = contract.task == C.TASK_CLASSIFICATION
+    key = C.OUTPUT_PROBABILITIES if classification else C.OUTPUT_PREDICTION
+    x32 = np.asarray(x, np.float32)
+    design = FeatureEncoder(contract.input_specs).design(x32.astype(np.float64), s)  # (N, D) float64
+    # The design's own float32 rounding (stored medians and category frequencies), as a standard deviation.
+    design_error = precision.U / np.sqrt(3.0) * np.abs(design)
+    bound = precision.error_bound(layers, design, centre, design_error, softmax=classification)
+    unfolded_bound = UNFOLDED_SLACK * precision.error_bound(
+        layers, design, unfolded_centre, design_error, softmax=classification
+    )
+    feeds = feeds_for(contract, x32, s)
+    served = run_onnxruntime(folded, feeds)
+    checks = [
+        precision.compare("the folded graph in onnxruntime", served[key], truth, bound),
+        precision.compare("the folded graph in onnx.reference", _reference(folded, feeds)[key], truth, bound),
+        precision.compare(
+            "the unfolded graph in onnx.reference", _reference(unfolded, feeds)[key], truth, unfolded_bound
+        ),
+    ]
+    for check in checks:
+        if not check.ok:
+            raise ExportError(
+                f"verification failed on {len(x32)} held-out rows: {check.describe()} against the float64 "
+                "network; nothing was written"
+            )
+    if classification:
+        top2 = np.sort(truth, axis=1)[:, -2:]
+        clear = (top2[:, 1] - top2[:, 0]) > 2 * bound.max(axis=1)
+        if np.any(served[C.OUTPUT_LABEL][clear] != truth[clear].argmax(axis=1)):
             raise ExportError("verification failed: the folded model's labels differ from the network's")
-    return report
+    return {
+        "rows": float(len(x32)),
+        "folded_vs_float64": checks[0].max_abs,
+        "folded_share_of_tolerance": checks[0].worst_ratio,
+        "reference_vs_float64": checks[1].max_abs,
+        "unfolded_vs_float64": checks[2].max_abs,
+        "centred": float(centre is not None),
+    }
+
+
+def _reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    evaluator = ReferenceEvaluator(model)
+    return dict(zip([o.name for o in model.graph.output], evaluator.run(None, feeds)))
 
 
 def make_contract(result: TrainResult, extra: dict[str, Any] | None = None) -> C.ModelContract:
@@ -161,7 +237,23 @@ def make_contract(result: TrainResult, extra: dict[str, Any] | None = None) -> C
         hidden_stats=[]
         if result.train_rows is None
         else hidden_statistics(fold_model(result.model), result.train_rows),
+        inputs=list(data.inputs),
     )
+
+
+def standardization_note(model: TrainedModel, centre: np.ndarray | None, names: list[str]) -> dict[str, Any]:
+    """How the graph standardizes its inputs, for the contract's training summary."""
+    std = model.standardizer
+    lost = precision.fold_bits_lost(std.mean, std.std)  # (D,)
+    worst = int(np.argmax(lost)) if len(lost) else 0
+    note: dict[str, Any] = {
+        "mean": "subtracted by the graph (Sub before the first Gemm)" if centre is not None else "folded",
+        "scale": "folded",
+        "max_bits_lost_if_folded": round(float(lost[worst]), 2) if len(lost) else 0.0,
+    }
+    if len(lost):
+        note["worst_feature"] = names[worst] if worst < len(names) else f"design column {worst}"
+    return note
 
 
 def _json_safe(obj: Any) -> Any:
@@ -190,10 +282,20 @@ def triton_config(name: str, contract: C.ModelContract) -> str:
         ]
     else:
         outputs = [(C.OUTPUT_PREDICTION, "TYPE_FP32", f"[ -1, {contract.n_outputs} ]")]
-    out = ",\n".join(f'  {{\n    name: "{n}"\n    data_type: {t}\n    dims: {d}\n  }}' for n, t, d in outputs)
+
+    def entries(tensors: list[tuple[str, str, str]]) -> str:
+        return ",\n".join(
+            f'  {{\n    name: "{n}"\n    data_type: {t}\n    dims: {d}\n  }}' for n, t, d in tensors
+        )
+
+    out = entries(outputs)
+    tensors = [(C.INPUT_NAME, "TYPE_FP32", f"[ -1, {contract.n_features} ]")]
+    if contract.categorical_names:
+        tensors.append((C.INPUT_CATEGORICAL, "TYPE_STRING", f"[ -1, {len(contract.categorical_names)} ]"))
+    inputs = entries(tensors)
     return (
         f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
-        f'input [\n  {{\n    name: "{C.INPUT_NAME}"\n    data_type: TYPE_FP32\n    dims: [ -1, {contract.n_features} ]\n  }}\n]\n'
+        f"input [\n{inputs}\n]\n"
         f"output [\n{out}\n]\n"
     )
 
@@ -242,7 +344,6 @@ def export(
     repository: str | Path,
     name: str,
     unfolded_path: str | Path | None = None,
-    tol: float = TOLERANCE,
     version: int | None = None,
 ) -> ExportReport:
     """Fold, build, verify on the held-out split, then write ``<repository>/<name>/<version>/``."""
@@ -250,12 +351,26 @@ def export(
         raise ExportError(f"invalid model name {name!r}")
     model_dir = Path(repository) / name
     version = version or next_version(model_dir)
-    contract = make_contract(result)
-    folded = build_folded(fold_model(result.model), contract, version)
+    centre = centring(result.model)
+    design_names = result.data.design_names or result.data.feature_names
+    note = standardization_note(result.model, centre, design_names)
+    contract = make_contract(result, {"standardization": note})
+    layers = fold_model(result.model, centre)
+    folded = build_folded(layers, contract, version, centre)
     unfolded = build_unfolded(result.model, contract, version)
-    report = verify(folded, unfolded, result.model, result.held_out, tol)
+    x, s = result.held_out_inputs if result.held_out_inputs is not None else (result.held_out, None)
+    truth = network64(
+        result.model, FeatureEncoder(contract.input_specs).design(np.float32(x).astype(float), s)
+    )
+    if contract.task == C.TASK_CLASSIFICATION:
+        truth = precision.softmax64(truth)
+    mean = np.asarray(result.model.standardizer.mean, np.float64)
+    report = verify(folded, unfolded, truth, layers, centre, contract, x, s, unfolded_centre=mean)
 
-    history = json.dumps(result.history, indent=1) + "\n"
+    # The per-epoch rows, and the final evaluation (per-class precision and recall, confusion matrices).
+    history = (
+        json.dumps(_json_safe({"epochs": result.history, "evaluation": result.evaluation}), indent=1) + "\n"
+    )
     out_dir = write_version(
         model_dir, version, folded, {"history.json": history}, triton_config(name, contract)
     )

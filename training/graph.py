@@ -8,14 +8,16 @@ from the same parts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import contract as C
+from training import frontend, precision
+from training.precision import Affine
 from training.train import TrainedModel
+
+__all__ = ["Affine", "activate", "affine_forward", "build_folded", "build_unfolded", "finish", "io_values"]
 
 OPSET = 17
 IR_VERSION = 8  # opset 17's IR: readable by every onnxruntime since 1.13
@@ -24,25 +26,9 @@ BATCH_DIM = "N"
 ONNX_ACTIVATIONS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
 
 
-@dataclass(frozen=True)
-class Affine:
-    """One folded layer ``act(x @ W + b)``; ``activation`` is an ONNX op type or None for the head."""
-
-    W: np.ndarray  # (in, out) float64
-    b: np.ndarray  # (out,) float64
-    activation: str | None
-
-
-_NUMPY_ACTIVATIONS = {
-    "Relu": lambda z: np.maximum(z, 0.0),
-    "Sigmoid": lambda z: 0.5 * (1.0 + np.tanh(0.5 * z)),  # the logistic function, without overflow
-    "Tanh": np.tanh,
-}
-
-
 def activate(op: str | None, z: np.ndarray) -> np.ndarray:
     """The numpy twin of the ONNX activation ``op`` (None: the identity, as for the head)."""
-    return z if op is None else _NUMPY_ACTIVATIONS[op](z)
+    return precision.activate(z, op)
 
 
 def affine_forward(layers: list[Affine], X: np.ndarray) -> list[np.ndarray]:
@@ -67,8 +53,14 @@ def f32(name: str, arr: np.ndarray) -> TensorProto:
 
 
 def io_values(task: str, n_features: int, n_outputs: int) -> tuple[list, list]:
-    """The graph's input ``input`` ``[N, F]`` and the task's outputs, as the contract names them."""
+    """The graph's input ``input`` ``[N, F]`` and the task's outputs, as the contract names them (a table
+    with categories gets its inputs from :func:`training.frontend.build`)."""
     inputs = [helper.make_tensor_value_info(C.INPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, n_features])]
+    return inputs, output_values(task, n_outputs)
+
+
+def output_values(task: str, n_outputs: int) -> list:
+    """The task's outputs, as the contract names them."""
     if task == C.TASK_CLASSIFICATION:
         outputs = [
             helper.make_tensor_value_info(C.OUTPUT_PROBABILITIES, TensorProto.FLOAT, [BATCH_DIM, n_outputs]),
@@ -78,7 +70,7 @@ def io_values(task: str, n_features: int, n_outputs: int) -> tuple[list, list]:
         outputs = [
             helper.make_tensor_value_info(C.OUTPUT_PREDICTION, TensorProto.FLOAT, [BATCH_DIM, n_outputs])
         ]
-    return inputs, outputs
+    return outputs
 
 
 def head_nodes(task: str, pre: str) -> list:
@@ -91,11 +83,17 @@ def head_nodes(task: str, pre: str) -> list:
     return [helper.make_node("Identity", [pre], [C.OUTPUT_PREDICTION], name="prediction")]
 
 
-def finish(graph: onnx.GraphProto, contract: C.ModelContract, version: int, doc: str) -> onnx.ModelProto:
-    """The model around ``graph``: opset, producer, version, the contract in ``metadata_props``; checked."""
+def finish(
+    graph: onnx.GraphProto, contract: C.ModelContract, version: int, doc: str, uses_ml: bool = False
+) -> onnx.ModelProto:
+    """The model around ``graph``: opset (and ``ai.onnx.ml`` when ``uses_ml``), producer, version, the
+    contract in ``metadata_props``; checked."""
+    opsets = [helper.make_opsetid("", OPSET)]
+    if uses_ml:
+        opsets.append(helper.make_opsetid(frontend.ML_DOMAIN, frontend.ML_OPSET))
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
+        opset_imports=opsets,
         producer_name="bnserve",
         producer_version=C.package_version(),
         ir_version=IR_VERSION,
@@ -107,10 +105,13 @@ def finish(graph: onnx.GraphProto, contract: C.ModelContract, version: int, doc:
     return model
 
 
-def build_folded(layers: list[Affine], contract: C.ModelContract, version: int) -> onnx.ModelProto:
-    """The served graph: ``Gemm`` + activation per layer, then the task's head; no BatchNormalization."""
-    nodes, inits = [], []
-    h = C.INPUT_NAME
+def build_folded(
+    layers: list[Affine], contract: C.ModelContract, version: int, centre: np.ndarray | None = None
+) -> onnx.ModelProto:
+    """The served graph: the front end, ``Gemm`` + activation per layer, then the task's head."""
+    fe = frontend.build(contract.input_specs, centre)
+    nodes, inits = list(fe.nodes), list(fe.initializers)
+    h = fe.output
     for i, layer in enumerate(layers):
         w, b, z = f"layer{i}.W", f"layer{i}.b", hidden_output_name(i)
         inits += [f32(w, layer.W), f32(b, layer.b)]
@@ -123,29 +124,36 @@ def build_folded(layers: list[Affine], contract: C.ModelContract, version: int) 
             )
             h = a
     nodes += head_nodes(contract.task, h)
-    inputs, outputs = io_values(contract.task, contract.n_features, contract.n_outputs)
+    outputs = output_values(contract.task, contract.n_outputs)
     # The hidden layers' outputs, for the service's drift monitor: extra outputs after the task's own.
     outputs += [
         helper.make_tensor_value_info(hs.output, TensorProto.FLOAT, [BATCH_DIM, hs.stats.n_columns])
         for hs in contract.hidden_stats
     ]
-    graph = helper.make_graph(nodes, "bnserve_folded", inputs, outputs, inits)
+    graph = helper.make_graph(nodes, "bnserve_folded", fe.inputs, outputs, inits)
+    how = "the mean subtracted explicitly, the scale" if centre is not None else "input standardization"
     doc = (
-        f"bnserve {contract.task} MLP on {contract.n_features} raw features; Batch Norm and input "
-        "standardization folded into the Gemm weights."
+        f"bnserve {contract.task} MLP on {len(contract.feature_names)} raw features; Batch Norm and {how} "
+        "folded into the Gemm weights."
     )
-    return finish(graph, contract, version, doc)
+    return finish(graph, contract, version, doc, fe.uses_ml)
 
 
 def build_unfolded(model: TrainedModel, contract: C.ModelContract, version: int) -> onnx.ModelProto:
     """The same network with explicit standardization and inference-mode ``BatchNormalization`` nodes."""
     net = model.net
     act_op = ONNX_ACTIVATIONS[net.config.activation]
+    fe = frontend.build(contract.input_specs)
     nodes = [
-        helper.make_node("Sub", [C.INPUT_NAME, "std.mean"], ["centred"], name="standardize.sub"),
+        *fe.nodes,
+        helper.make_node("Sub", [fe.output, "std.mean"], ["centred"], name="standardize.sub"),
         helper.make_node("Div", ["centred", "std.std"], ["standardized"], name="standardize.div"),
     ]
-    inits = [f32("std.mean", model.standardizer.mean), f32("std.std", model.standardizer.std)]
+    inits = [
+        *fe.initializers,
+        f32("std.mean", model.standardizer.mean),
+        f32("std.std", model.standardizer.std),
+    ]
     h = "standardized"
     for i, blk in enumerate(net.blocks):
         inits.append(f32(f"block{i}.W", blk.linear.W))
@@ -179,7 +187,8 @@ def build_unfolded(model: TrainedModel, contract: C.ModelContract, version: int)
         ]
         h = "head.out"
     nodes += head_nodes(model.task, h)
-    inputs, outputs = io_values(contract.task, contract.n_features, contract.n_outputs)
-    graph = helper.make_graph(nodes, "bnserve_unfolded", inputs, outputs, inits)
+    graph = helper.make_graph(
+        nodes, "bnserve_unfolded", fe.inputs, output_values(contract.task, contract.n_outputs), inits
+    )
     doc = "bnserve MLP, unfolded for inspection: standardization and BatchNormalization kept as nodes."
-    return finish(graph, contract, version, doc)
+    return finish(graph, contract, version, doc, fe.uses_ml)

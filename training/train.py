@@ -85,6 +85,9 @@ class TrainResult:
     config: TrainConfig = field(default_factory=TrainConfig)
     # (train rows, F) raw features: export records each hidden layer's training distribution on them
     train_rows: np.ndarray | None = None
+    #: The held-out rows as a client sends them (float32 numbers with NaN, strings with ""), for a CSV
+    #: model; ``held_out`` is then their design matrix. None: ``held_out`` is what a client sends.
+    held_out_inputs: tuple[np.ndarray, np.ndarray] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -222,6 +225,7 @@ def train(
         raise ValueError(
             f"drop_last with {len(sp.train)} training rows, fewer than a batch of {cfg.batch_size}"
         )
+    ds = ds.fitted(sp.train)  # imputation and categories from the training rows only
     std = Standardizer.fit(ds.X[sp.train])
     mcfg = MLPConfig(
         n_in=ds.X.shape[1],
@@ -313,12 +317,12 @@ def train(
             set_running_statistics(net, precise)
 
     metrics = {name: evaluate(model, ds.X[idx], ds.y[idx]) for name, idx in asdict(sp).items() if len(idx)}
-    held_out = ds.X[np.concatenate([sp.val, sp.test])]
-    return TrainResult(
+    rows = np.concatenate([sp.val, sp.test])
+    result = TrainResult(
         model,
         DataDescription.of(ds, sp),
         sp,
-        held_out,
+        ds.X[rows],
         history,
         best[1],
         metrics,
@@ -326,3 +330,6 @@ def train(
         cfg,
         train_rows=ds.X[sp.train],
     )
+    if ds.encoder is not None and ds.columns is not None:
+        result.held_out_inputs = ds.encoder.raw_inputs(ds.columns, rows)
+    return result

@@ -264,17 +264,19 @@ def test_adapt_refuses_unknown_models_and_bad_cells(repo, digits):
 
 
 def test_the_verification_catches_a_wrong_adapted_fold(trained, digits):
-    """At adapt's tolerance, a fold that forgot one pixel's correction is refused; the right fold passes."""
+    """Within the float32 tolerance of the adapted graph, a fold that forgot one pixel's correction is
+    refused; the right fold passes."""
     mc = E.make_contract(trained)
     layers = E.fold_model(trained.model)
-    X = dim(digits.X[trained.split.train])
+    X = dim(digits.X[trained.split.train]).astype(np.float32).astype(np.float64)
     ad = A.adapt_layers(layers, mc.input_stats, mc.hidden_stats, X, mc.task)
     unfolded = A.build_corrected(layers, ad, mc, 2)
-    report = E.verify(E.build_folded(ad.layers, mc, 2), unfolded, ad, X, A.ADAPT_TOLERANCE)
-    assert report["folded_vs_numpy"] < A.ADAPT_TOLERANCE / 5
+    truth = ad.output(X)
+    report = E.verify(E.build_folded(ad.layers, mc, 2), unfolded, truth, ad.layers, None, mc, X)
+    assert report["folded_share_of_tolerance"] < 0.5
     j = 36  # pixel_4_4, in the middle of every digit
     forgot = A.Correction(ad.inputs.alpha.copy(), ad.inputs.delta.copy())
     forgot.alpha[j], forgot.delta[j] = 1.0, 0.0
     wrong = A.fold_corrections(layers, forgot, ad.hidden)
     with pytest.raises(E.ExportError, match="verification failed"):
-        E.verify(E.build_folded(wrong, mc, 2), unfolded, ad, X, A.ADAPT_TOLERANCE)
+        E.verify(E.build_folded(wrong, mc, 2), unfolded, truth, wrong, None, mc, X)

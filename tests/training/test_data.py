@@ -46,10 +46,10 @@ def test_csv_round_trip_string_labels(tmp_path):
 
 
 def test_csv_numeric_targets_infer_the_task(tmp_path):
-    rows = [[i, i % 3] for i in range(20)]
+    rows = [[(7 * i) % 11, i % 3] for i in range(20)]
     ds = load_csv(write_csv(tmp_path / "c.csv", ["x", "y"], rows), "y")
     assert ds.task == "classification" and ds.class_labels == [0, 1, 2]
-    rows = [[i, i * 0.37] for i in range(20)]
+    rows = [[(7 * i) % 11, i * 0.37] for i in range(20)]
     ds = load_csv(write_csv(tmp_path / "r.csv", ["x", "y"], rows), "y")
     assert ds.task == "regression" and ds.y.shape == (20, 1) and ds.target_names == ["y"]
     ds = load_csv(tmp_path / "c.csv", "y", task="regression")
@@ -68,23 +68,17 @@ def test_csv_numeric_targets_infer_the_task(tmp_path):
         ),
         (
             ["a", "y"],
-            [[1, 0]] * 5 + [["", 1]] + [[1, 1]] * 14,
-            "y",
-            r"row 5 \(line 7\), column 'a' is empty or NaN",
-        ),
-        (
-            ["a", "y"],
-            [[1, 0]] * 3 + [["nan", 1]] + [[1, 1]] * 16,
-            "y",
-            r"row 3 \(line 5\), column 'a' is empty or NaN",
-        ),
-        (
-            ["a", "y"],
-            [[1, 0]] * 3 + [[1, ""]] + [[1, 1]] * 16,
+            [[i % 4, i % 2] for i in range(3)] + [[1, ""]] + [[i % 4, 1] for i in range(16)],
             "y",
             r"row 3 \(line 5\), target column 'y' is empty or NaN",
         ),
-        (["a", "y"], [[1, "k"]] * 20, "y", "single class"),
+        (["a", "y"], [[i % 3, "k"] for i in range(20)], "y", "single class"),
+        (
+            ["a", "y"],
+            [[1, i % 2] for i in range(20)],
+            "y",
+            r"no feature columns left .*\(excluded 'a': constant\)",
+        ),
         (["a", "y"], [[1, 0], [2, 1]] * 2, "y", "4 data rows, at least 10"),
         (["a", "y"], [[1, 0, 3]] + [[1, 1]] * 19, "y", r"row 0 \(line 2\) has 3 cells"),
         (["a", "a", "y"], [[1, 1, 0]] * 20, "y", "duplicate column names"),
@@ -109,6 +103,18 @@ def test_csv_rows_count_from_zero_and_lines_count_the_file(tmp_path):
         load_csv(p, "y")
 
 
+def test_empty_and_nan_cells_are_imputed_with_the_training_median(tmp_path):
+    rows = [[float(i % 5), "" if i == 5 else i % 7, i % 2] for i in range(20)]
+    rows[3][0] = "nan"
+    ds = load_csv(write_csv(tmp_path / "m.csv", ["a", "b", "y"], rows), "y")
+    a, b = ds.encoder.inputs
+    assert a.impute == float(np.median([i % 5 for i in range(20) if i != 3])) and a.missing_rate == 0.05
+    assert b.impute == float(np.median([i % 7 for i in range(20) if i != 5]))
+    assert ds.X[3, 0] == a.impute and ds.X[5, 1] == b.impute and not np.isnan(ds.X).any()
+    fitted = ds.fitted(np.arange(10))  # refitted on "training" rows only
+    assert fitted.encoder.inputs[0].impute == float(np.median([i % 5 for i in range(10) if i != 3]))
+
+
 def test_missing_and_empty_files(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_csv(tmp_path / "nope.csv", "y")
@@ -121,7 +127,7 @@ def test_missing_and_empty_files(tmp_path):
 
 
 def test_regression_with_text_target_is_refused(tmp_path):
-    p = write_csv(tmp_path / "t.csv", ["a", "y"], [[i, "x" if i == 4 else i] for i in range(20)])
+    p = write_csv(tmp_path / "t.csv", ["a", "y"], [[i % 6, "x" if i == 4 else i] for i in range(20)])
     with pytest.raises(DataError, match=r"row 4 \(line 6\), target column 'y' is not a number"):
         load_csv(p, "y", task="regression")
 

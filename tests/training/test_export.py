@@ -65,7 +65,7 @@ def test_folded_matches_numpy_and_unfolded_reference(small, digits):
     folded = E.build_folded(E.fold_model(small.model), contract, 1)
     unfolded = E.build_unfolded(small.model, contract, 1)
     X = digits.X[small.split.test]
-    served = E.run_onnxruntime(folded, X)
+    served = E.run_onnxruntime(folded, {"input": X.astype(np.float32)})
     ref = dict(
         zip(
             ["probabilities", "label"],
@@ -122,7 +122,8 @@ def test_export_writes_the_repository_and_the_contract_round_trips(small, digits
         len(history) == len(small.history)
         and {"epoch", "lr", "train_loss", "val_accuracy"} <= history[0].keys()
     )
-    assert max(r1.verification["folded_vs_numpy"], r1.verification["folded_vs_unfolded"]) < 1e-5
+    assert max(r1.verification["folded_vs_float64"], r1.verification["unfolded_vs_float64"]) < 1e-5
+    assert r1.verification["folded_share_of_tolerance"] < 0.5 and r1.verification["centred"] == 0.0
     assert (tmp_path / "unfolded.onnx").is_file()
     # the service reads the contract through onnxruntime alone
     meta = ort.InferenceSession(str(r1.path), providers=["CPUExecutionProvider"]).get_modelmeta()
@@ -137,8 +138,8 @@ def test_export_writes_the_repository_and_the_contract_round_trips(small, digits
 def test_verification_refuses_a_corrupted_fold(small, digits, tmp_path, monkeypatch):
     real = E.fold_model
 
-    def corrupted(model):
-        layers = real(model)
+    def corrupted(model, centre=None):
+        layers = real(model, centre)
         bad = layers[0]
         W = bad.W.copy()
         W[:, 0] *= 1.01  # a 1% error in one unit's scale, as a wrong sqrt(var + eps) would make
