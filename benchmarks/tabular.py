@@ -100,15 +100,19 @@ class Run:
 
 
 def run_bnserve(path: Path, table: Table, seed: int) -> Run:
-    """Train bnserve with its default options on the CSV file, as ``python -m training --csv`` does."""
-    from training.data import load_csv
-    from training.train import TrainConfig, train
+    """Train bnserve with its default options on the CSV file, as ``python -m training --csv`` does
+    (including its size-aware batch size, epochs and patience)."""
+    from training.data import load_csv, split
+    from training.train import TrainConfig, sized, sized_hidden, train
 
     ds = load_csv(path, table.target)
+    n_train = len(split(ds, np.random.default_rng(seed)).train)
+    size = sized(n_train)  # the command line's defaults
     start = time.perf_counter()
-    result = train(ds, config=TrainConfig(seed=seed), progress=False)
+    result = train(ds, hidden=sized_hidden(n_train), config=TrainConfig(seed=seed, **size), progress=False)
     seconds = time.perf_counter() - start
-    return Run(result.metrics["test"], result.split.train, result.split.test, ds.y, seconds)
+    metrics = {**result.metrics["test"], **result.evaluation.get("test", {})}
+    return Run(metrics, result.split.train, result.split.test, ds.y, seconds)
 
 
 def classification_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:

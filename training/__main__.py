@@ -11,9 +11,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from training.data import DataError, Dataset, load_csv, load_digits
+import numpy as np
+
+from training.data import DataError, Dataset, load_csv, load_digits, split
 from training.layers import ACTIVATIONS
-from training.train import BN_STATS, TrainConfig, train
+from training.train import BN_STATS, CLASS_WEIGHTS, TrainConfig, sized, sized_hidden, train
 
 DEFAULTS = TrainConfig()
 
@@ -103,7 +105,11 @@ def parser() -> argparse.ArgumentParser:
     )
     net = p.add_argument_group("network")
     net.add_argument(
-        "--hidden", type=_positive_int, nargs="*", default=[256, 256], metavar="N", help="hidden layer sizes"
+        "--hidden",
+        type=_positive_int,
+        nargs="*",
+        metavar="N",
+        help="hidden layer sizes (default: 256 256, or 64 for a table of fewer than 1,000 training rows)",
     )
     net.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu", help="hidden activation")
     net.add_argument(
@@ -125,9 +131,16 @@ def parser() -> argparse.ArgumentParser:
         "recomputed after training with the weights frozen (PreciseBN)",
     )
     opt = p.add_argument_group("optimization")
-    opt.add_argument("--epochs", type=_positive_int, default=DEFAULTS.epochs, help="maximum number of epochs")
     opt.add_argument(
-        "--batch-size", type=_positive_int, default=DEFAULTS.batch_size, help="rows per mini-batch (>= 2)"
+        "--epochs",
+        type=_positive_int,
+        help="maximum number of epochs (default: a budget of 2,000 optimizer steps, at least 5 epochs)",
+    )
+    opt.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="rows per mini-batch, >= 2 (default: by table size, 16 for ~100 training rows, 64 from 1,000, "
+        "up to 512 from 400,000)",
     )
     opt.add_argument("--lr", type=_positive_float, default=DEFAULTS.lr, help="learning rate")
     opt.add_argument(
@@ -149,10 +162,18 @@ def parser() -> argparse.ArgumentParser:
         help="learning-rate schedule",
     )
     opt.add_argument(
-        "--patience", type=_positive_int, default=DEFAULTS.patience, help="early-stopping patience (epochs)"
+        "--patience",
+        type=_positive_int,
+        help="early-stopping patience in epochs (default: 400 optimizer steps, at least 2 epochs)",
     )
     opt.add_argument(
         "--seed", type=int, default=DEFAULTS.seed, help="seed of every random choice (split, init, batches)"
+    )
+    opt.add_argument(
+        "--class-weight",
+        choices=CLASS_WEIGHTS,
+        default=DEFAULTS.class_weight,
+        help="balanced: each class weighs the same in the loss and in early stopping (imbalanced data)",
     )
     out = p.add_argument_group("output")
     out.add_argument("--repository", default="models", metavar="DIR", help="model repository to write into")
@@ -206,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.weight_decay < 0:
             raise DataError(f"--weight-decay must be >= 0, got {args.weight_decay}")
-        if args.batch_size < 2:
+        if args.batch_size is not None and args.batch_size < 2:
             raise DataError("--batch-size must be at least 2: Batch Norm needs 2 rows to estimate a variance")
         ds = load(args)
         for notice in ds.notices:
@@ -215,20 +236,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"task: {ds.task} (inferred from the target column; pass --task to choose)", file=sys.stderr
             )
+        # Defaults that fit the table: counted on the training split (the split itself is cheap).
+        n_train = len(split(ds, np.random.default_rng(args.seed)).train)
+        size = sized(n_train)
         cfg = TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
+            epochs=args.epochs or size["epochs"],
+            batch_size=args.batch_size or size["batch_size"],
             lr=args.lr,
             optimizer=args.optimizer,
             weight_decay=args.weight_decay,
             schedule=args.schedule,
-            patience=args.patience,
+            patience=args.patience or size["patience"],
+            class_weight=args.class_weight,
             seed=args.seed,
             bn_stats=args.bn_stats,
         )
         result = train(
             ds,
-            hidden=tuple(args.hidden),
+            hidden=tuple(args.hidden) if args.hidden is not None else sized_hidden(n_train),
             activation=args.activation,
             batchnorm=not args.no_batchnorm,
             bn_momentum=args.bn_momentum,
@@ -246,9 +271,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}; try a smaller --lr", file=sys.stderr)
         return 1
 
-    test = result.metrics["test"]
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in test.items())
+    test = dict(result.metrics["test"])
+    evaluation = result.evaluation.get("test", {})
+    test.update({k: evaluation[k] for k in ("balanced_accuracy", "macro_f1", "roc_auc") if k in evaluation})
+    shown = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in test.items())
     print(f"trained {len(result.history)} epochs (best {result.best_epoch}); test: {shown}")
+    if evaluation:
+        recalls = ", ".join(f"{c} {m['recall']:.3f}" for c, m in evaluation["per_class"].items())
+        print(f"test recall per class: {recalls} (precision, F1 and the confusion matrix: history.json)")
     if result.bn_gap:
         g = result.bn_gap
         print(

@@ -279,15 +279,21 @@ def softmax(logits: Array) -> Array:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def softmax_cross_entropy(logits: Array, y: Array) -> tuple[float, Array]:
-    """Mean cross-entropy of integer labels ``y`` under ``softmax(logits)``, and its gradient wrt the logits."""
+def softmax_cross_entropy(logits: Array, y: Array, weights: Array | None = None) -> tuple[float, Array]:
+    """Mean cross-entropy of integer labels ``y`` under ``softmax(logits)``, and its gradient wrt the logits.
+
+    With per-row ``weights`` (``(N,)``, e.g. balanced class weights) the loss is ``mean(weights * ce)``.
+    """
     n = logits.shape[0]
     z = logits - logits.max(axis=1, keepdims=True)
     log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (N, C)
-    loss = -float(log_p[np.arange(n), y].mean())
+    ce = -log_p[np.arange(n), y]  # (N,)
     dlogits = np.exp(log_p)
     dlogits[np.arange(n), y] -= 1.0
-    return loss, dlogits / n
+    if weights is None:
+        return float(ce.mean()), dlogits / n
+    w = np.asarray(weights, dtype=logits.dtype)
+    return float((w * ce).mean()), dlogits * (w[:, None] / n)
 
 
 def mean_squared_error(pred: Array, target: Array) -> tuple[float, Array]:

@@ -14,10 +14,18 @@ from tqdm.auto import tqdm
 from contract import TASK_CLASSIFICATION
 from training.data import DataDescription, Dataset, Split, Standardizer, split
 from training.layers import mean_squared_error, softmax, softmax_cross_entropy
+from training.metrics import balanced_class_weights, classification_report
 from training.network import MLP, MLPConfig
 from training.optim import make_optimizer, scheduled_lr
 
 BN_STATS = ("ewma", "precise")
+CLASS_WEIGHTS = ("none", "balanced")
+#: Size-aware defaults (:func:`sized`), counted in optimizer steps so that they mean the same for 150 rows
+#: and for a million: the step budget, the patience, and the fewest epochs a big table gets.
+BUDGET_STEPS = 2000
+PATIENCE_STEPS = 400
+MIN_EPOCHS = 5
+MAX_EPOCHS = 1000
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,7 @@ class TrainConfig:
     bn_stats: str = "ewma"
     momentum: float = 0.9  # sgd's heavy-ball momentum (adam ignores it)
     drop_last: bool = False  # drop each epoch's short last batch (fixed-size steps) instead of keeping it
+    class_weight: str = "none"  # "balanced": each class weighs the same in the loss (imbalanced data)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -47,6 +56,44 @@ class TrainConfig:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise ValueError(f"class weight must be one of {CLASS_WEIGHTS}, got {self.class_weight!r}")
+
+
+#: Below this many training rows the command line's default network is one hidden layer of 64 units: two
+#: layers of 256 fit a few hundred rows in a few steps and stop early on noise (diabetes: R² 0.25 vs 0.41).
+SMALL_TABLE_ROWS = 1000
+SMALL_HIDDEN = (64,)
+LARGE_HIDDEN = (256, 256)
+
+
+def sized_hidden(n_train: int) -> tuple[int, ...]:
+    """The command line's default hidden layers for ``n_train`` training rows."""
+    return SMALL_HIDDEN if n_train < SMALL_TABLE_ROWS else LARGE_HIDDEN
+
+
+def sized(n_train: int) -> dict[str, int]:
+    """Batch size, epochs and patience that fit ``n_train`` training rows (the command line's defaults).
+
+    The batch grows with the table (16 rows for a hundred, 64 from a thousand, up to 512 from 400,000: big
+    tables need fewer, cheaper steps); the epochs give a budget of ``BUDGET_STEPS`` optimizer steps (at least
+    ``MIN_EPOCHS``, at most ``MAX_EPOCHS``) and the patience ``PATIENCE_STEPS`` steps (at least 2 epochs).
+    The bundled digits (1,259 training rows) get 64 rows, 100 epochs and a patience of 20, as always.
+    """
+    if n_train >= 400_000:
+        batch = 512
+    elif n_train >= 100_000:
+        batch = 256
+    elif n_train >= 1024:
+        batch = 64
+    else:
+        batch = int(min(max(2 ** round(math.log2(max(n_train, 1) / 16)), 16), 64))
+    steps = max(math.ceil(n_train / batch), 1)  # per epoch
+    return {
+        "batch_size": batch,
+        "epochs": min(max(math.ceil(BUDGET_STEPS / steps), MIN_EPOCHS), MAX_EPOCHS),
+        "patience": max(math.ceil(PATIENCE_STEPS / steps), 2),
+    }
 
 
 @dataclass
@@ -85,6 +132,9 @@ class TrainResult:
     config: TrainConfig = field(default_factory=TrainConfig)
     # (train rows, F) raw features: export records each hidden layer's training distribution on them
     train_rows: np.ndarray | None = None
+    #: Classification: per split, the full report (balanced accuracy, macro-F1, ROC AUC, per-class precision
+    #: and recall, confusion matrix) of :func:`training.metrics.classification_report`.
+    evaluation: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: The held-out rows as a client sends them (float32 numbers with NaN, strings with ""), for a CSV
     #: model; ``held_out`` is then their design matrix. None: ``held_out`` is what a client sends.
     held_out_inputs: tuple[np.ndarray, np.ndarray] | None = None
@@ -94,6 +144,7 @@ class TrainResult:
             "best_epoch": self.best_epoch,
             "epochs_run": len(self.history),
             "metrics": self.metrics,
+            "evaluation": self.evaluation,
             "bn_gap": self.bn_gap,
             "train_config": asdict(self.config),
             "model_config": self.model.net.config.to_json(),
@@ -113,13 +164,18 @@ def batches(n: int, batch_size: int, rng: np.random.Generator, drop_last: bool =
     return out
 
 
-def evaluate(model: TrainedModel, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Loss and accuracy (classification) or RMSE, MAE and R² (regression), at test time."""
+def evaluate(
+    model: TrainedModel, X: np.ndarray, y: np.ndarray, class_weights: np.ndarray | None = None
+) -> dict[str, float]:
+    """Loss and accuracy (classification; the loss weighted as in training when ``class_weights``) or
+    RMSE, MAE and R² (regression), at test time."""
     out = model.output(X)
     if model.task == TASK_CLASSIFICATION:
         p = np.clip(out.astype(np.float64), 1e-12, 1.0)
+        ce = -np.log(p[np.arange(len(y)), y])
+        w = 1.0 if class_weights is None else class_weights[y]
         return {
-            "loss": float(-np.log(p[np.arange(len(y)), y]).mean()),
+            "loss": float((w * ce).mean()),
             "accuracy": float((out.argmax(axis=1) == y).mean()),
         }
     err = out.astype(np.float64) - y
@@ -247,6 +303,9 @@ def train(
         model.y_std = np.where(sd < 1e-12, 1.0, sd)
         ytr = ((ytr - model.y_mean) / model.y_std).astype(dtype)
     opt = make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    class_weights = None
+    if classification and cfg.class_weight == "balanced":
+        class_weights = balanced_class_weights(ytr, ds.n_outputs).astype(dtype)  # (C,)
 
     history: list[dict[str, float]] = []
     best = (math.inf, -1)
@@ -265,7 +324,8 @@ def train(
                 try:
                     out = net.forward(Xtr[idx], training=True)
                     if classification:
-                        loss, dout = softmax_cross_entropy(out, ytr[idx])
+                        weights = None if class_weights is None else class_weights[ytr[idx]]
+                        loss, dout = softmax_cross_entropy(out, ytr[idx], weights)
                         correct += int((out.argmax(axis=1) == ytr[idx]).sum())
                     else:
                         loss, dout = mean_squared_error(out, ytr[idx])
@@ -289,7 +349,9 @@ def train(
         if classification:
             row["train_accuracy"] = correct / rows
         if validate:
-            row.update({f"val_{k}": v for k, v in evaluate(model, ds.X[sp.val], ds.y[sp.val]).items()})
+            row.update(
+                {f"val_{k}": v for k, v in evaluate(model, ds.X[sp.val], ds.y[sp.val], class_weights).items()}
+            )
         history.append(row)
         bar.set_postfix(_progress(row))
         if cfg.patience is None:
@@ -310,13 +372,20 @@ def train(
         ewma_state = net.state_dict()
         if validate:
             set_running_statistics(net, precise)
-            gap["val_loss_precise"] = evaluate(model, ds.X[sp.val], ds.y[sp.val])["loss"]
+            gap["val_loss_precise"] = evaluate(model, ds.X[sp.val], ds.y[sp.val], class_weights)["loss"]
             net.load_state_dict(ewma_state)
-            gap["val_loss_ewma"] = evaluate(model, ds.X[sp.val], ds.y[sp.val])["loss"]
+            gap["val_loss_ewma"] = evaluate(model, ds.X[sp.val], ds.y[sp.val], class_weights)["loss"]
         if cfg.bn_stats == "precise":
             set_running_statistics(net, precise)
 
     metrics = {name: evaluate(model, ds.X[idx], ds.y[idx]) for name, idx in asdict(sp).items() if len(idx)}
+    evaluation = {}
+    if classification:
+        evaluation = {
+            name: classification_report(ds.y[idx], model.output(ds.X[idx]), ds.class_labels)
+            for name, idx in asdict(sp).items()
+            if len(idx) and name != "train"
+        }
     rows = np.concatenate([sp.val, sp.test])
     result = TrainResult(
         model,
@@ -329,6 +398,7 @@ def train(
         gap,
         cfg,
         train_rows=ds.X[sp.train],
+        evaluation=evaluation,
     )
     if ds.encoder is not None and ds.columns is not None:
         result.held_out_inputs = ds.encoder.raw_inputs(ds.columns, rows)

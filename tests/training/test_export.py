@@ -118,10 +118,14 @@ def test_export_writes_the_repository_and_the_contract_round_trips(small, digits
     assert r1.path == tmp_path / "digits" / "1" / "model.onnx" and r2.path.is_file()
     assert 'platform: "onnxruntime_onnx"' in (tmp_path / "digits" / "config.pbtxt").read_text()
     history = json.loads((tmp_path / "digits" / "1" / "history.json").read_text())
+    epochs = history["epochs"]
     assert (
-        len(history) == len(small.history)
-        and {"epoch", "lr", "train_loss", "val_accuracy"} <= history[0].keys()
+        len(epochs) == len(small.history)
+        and {"epoch", "lr", "train_loss", "val_accuracy"} <= epochs[0].keys()
     )
+    test = history["evaluation"]["test"]
+    assert sum(map(sum, test["confusion_matrix"]["rows_true_columns_predicted"])) == len(small.split.test)
+    assert set(test["per_class"]) == {str(c) for c in range(10)}
     assert max(r1.verification["folded_vs_float64"], r1.verification["unfolded_vs_float64"]) < 1e-5
     assert r1.verification["folded_share_of_tolerance"] < 0.5 and r1.verification["centred"] == 0.0
     assert (tmp_path / "unfolded.onnx").is_file()

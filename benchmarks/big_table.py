@@ -1,0 +1,115 @@
+"""A big numeric table: write it, time loading it (and its peak memory), and time training epochs on it.
+
+    python -m benchmarks.big_table write big.csv [--rows 1000000] [--cols 20]   # ~185 MB, not committed
+    python -m benchmarks.big_table load big.csv [--loader MODULE]               # seconds, peak RSS
+    python -m benchmarks.big_table train big.csv [--epochs 5]                   # seconds per epoch
+
+``load`` runs in a fresh process so that the peak resident memory (``ru_maxrss``) is the loader's alone; it
+also prints the size of the final float64 design matrix. ``--loader`` names another module with a
+``load_csv(path, target)`` (e.g. an older ``training/data.py`` saved elsewhere) to measure it the same way.
+``train`` uses the command line's size-aware defaults and prints the wall time of every epoch, so that a
+slowdown over the run shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def write(path: Path, rows: int, cols: int, seed: int = 0) -> None:
+    """``rows`` x ``cols`` features (varied scales and offsets) and a 0/1 target from a noisy linear rule."""
+    rng = np.random.default_rng(seed)
+    scale = rng.uniform(0.1, 1000, cols)
+    offset = rng.uniform(-500, 500, cols)
+    w = rng.normal(size=cols)
+    header = ",".join([f"x{j}" for j in range(cols)] + ["y"])
+    with path.open("w") as f:
+        f.write(header + "\n")
+        for start in range(0, rows, 100_000):
+            n = min(100_000, rows - start)
+            z = rng.normal(size=(n, cols))
+            y = ((z @ w + rng.normal(0, 1, n)) > 0).astype(int)
+            X = z * scale + offset
+            lines = [",".join(f"{v:.6g}" for v in row) + f",{t}" for row, t in zip(X.tolist(), y.tolist())]
+            f.write("\n".join(lines) + "\n")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def load(path: Path, loader: str | None) -> None:
+    base = peak_rss_mib()
+    if loader:
+        spec = importlib.util.spec_from_file_location("loader", loader)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        load_csv = module.load_csv
+    else:
+        from training.data import load_csv
+    start = time.perf_counter()
+    ds = load_csv(path, "y")
+    seconds = time.perf_counter() - start
+    print(
+        f"loaded {ds.X.shape[0]:,} x {ds.X.shape[1]} in {seconds:.1f} s; peak RSS {peak_rss_mib():.0f} MiB "
+        f"(before loading {base:.0f} MiB); X float64 {ds.X.nbytes / 2**20:.0f} MiB, as float32 "
+        f"{ds.X.nbytes / 2**21:.0f} MiB"
+    )
+
+
+def train_epochs(path: Path, epochs: int | None) -> None:
+    from training.data import load_csv, split
+    from training.train import Step, TrainConfig, sized, sized_hidden, train
+
+    ds = load_csv(path, "y")
+    n_train = len(split(ds, np.random.default_rng(0)).train)
+    size = sized(n_train)
+    if epochs:
+        size["epochs"] = epochs
+    stamps: list[tuple[int, float]] = []
+
+    def on_step(step: Step) -> bool:
+        if not stamps or step.epoch != stamps[-1][0]:
+            stamps.append((step.epoch, time.perf_counter()))
+        return False
+
+    start = time.perf_counter()
+    result = train(ds, hidden=sized_hidden(n_train), config=TrainConfig(**size), progress=True, on_step=on_step)
+    total = time.perf_counter() - start
+    # An epoch's time: from its first step to the next epoch's first step (its validation included).
+    times = [b - a for (_, a), (_, b) in zip(stamps[1:], stamps[2:])]
+    rate = n_train / np.median(times) if times else float("nan")
+    print(f"defaults {size}; {len(result.history)} epochs in {total:.0f} s; {rate:,.0f} training rows/s")
+    print("epoch seconds: " + ", ".join(f"{t:.1f}" for t in times))
+    print(f"test: {result.metrics['test']}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=["write", "load", "train"])
+    p.add_argument("path", type=Path)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--cols", type=int, default=20)
+    p.add_argument("--loader", help="a file with another load_csv(path, target) to measure")
+    p.add_argument("--epochs", type=int, help="train: override the size-aware epoch budget")
+    args = p.parse_args()
+    if args.mode == "write":
+        write(args.path, args.rows, args.cols)
+        print(f"wrote {args.path} ({args.path.stat().st_size / 2**20:.0f} MiB)")
+    elif args.mode == "load":
+        load(args.path, args.loader)
+    else:
+        train_epochs(args.path, args.epochs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
