@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import resource
 import sys
 import time
@@ -85,7 +86,7 @@ def train_epochs(path: Path, epochs: int | None) -> None:
     result = train(ds, hidden=sized_hidden(n_train), config=TrainConfig(**size), progress=True, on_step=on_step)
     total = time.perf_counter() - start
     # An epoch's time: from its first step to the next epoch's first step (its validation included).
-    times = [b - a for (_, a), (_, b) in zip(stamps[1:], stamps[2:])]
+    times = [b - a for (_, a), (_, b) in itertools.pairwise(stamps[1:])]
     rate = n_train / np.median(times) if times else float("nan")
     print(f"defaults {size}; {len(result.history)} epochs in {total:.0f} s; {rate:,.0f} training rows/s")
     print("epoch seconds: " + ", ".join(f"{t:.1f}" for t in times))
