@@ -83,7 +83,9 @@ def train_epochs(path: Path, epochs: int | None) -> None:
         return False
 
     start = time.perf_counter()
-    result = train(ds, hidden=sized_hidden(n_train), config=TrainConfig(**size), progress=True, on_step=on_step)
+    result = train(
+        ds, hidden=sized_hidden(n_train), config=TrainConfig(**size), progress=True, on_step=on_step
+    )
     total = time.perf_counter() - start
     # An epoch's time: from its first step to the next epoch's first step (its validation included).
     times = [b - a for (_, a), (_, b) in itertools.pairwise(stamps[1:])]
