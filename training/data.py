@@ -117,21 +117,26 @@ def load_csv(
     n = table.n_rows
     if n < MIN_ROWS:
         raise DataError(f"{path}: {n} data rows, at least {MIN_ROWS} are needed")
-    targets = [str(v) if not isinstance(v, str) else v for v in table.target]
-    numeric = [_number(v) for v in targets]
-    all_numeric = all(v is not None for v in numeric)
+    numeric_column = table.target.dtype.kind == "f"
+    if numeric_column:  # read as numbers: decided in numpy, no Python object per row (big files)
+        values = table.target
+        targets: list[str] = []
+        numeric: list[float | None] = []
+        all_numeric = True
+        integral = bool(np.all(values == np.round(values)))
+        n_distinct = len(np.unique(values))
+    else:
+        targets = [str(v) for v in table.target]
+        numeric = [_number(v) for v in targets]
+        all_numeric = all(v is not None for v in numeric)
+        integral = all_numeric and all(float(v).is_integer() for v in numeric if v is not None)
+        n_distinct = len(set(targets))
     inferred = task is None
     if task is None:
-        n_distinct = len(set(targets))
-        if not all_numeric:
-            task = TASK_CLASSIFICATION
-        elif (
-            all(float(v).is_integer() for v in numeric if v is not None)
-            and n_distinct <= MAX_INFERRED_CLASSES
-        ):
-            task = TASK_CLASSIFICATION
-        else:
+        if all_numeric and (not integral or n_distinct > MAX_INFERRED_CLASSES):
             task = TASK_REGRESSION
+        else:
+            task = TASK_CLASSIFICATION
     encoder = FeatureEncoder.fit(table.columns, np.arange(n), missing_indicator)
     common = dict(
         source=str(path),
@@ -149,15 +154,23 @@ def load_csv(
                 f"{path}: {table.row_label(bad)}, target column {target!r} is not a number "
                 f"({targets[bad][:40]!r}) but the task is regression"
             )
-        y = np.array(numeric, dtype=np.float64).reshape(-1, 1)
+        y = (table.target if numeric_column else np.array(numeric, dtype=np.float64)).reshape(-1, 1)
         return Dataset(path.stem, X, y, table.names, task, [], [target], **common)  # type: ignore[arg-type]
     if task != TASK_CLASSIFICATION:
         raise DataError(f"task must be 'classification' or 'regression', got {task!r}")
     labels: list[str | int | float]
+    if numeric_column:
+        distinct, codes = np.unique(table.target, return_inverse=True)
+        labels = [int(v) for v in distinct] if integral else [float(v) for v in distinct]
+        if len(labels) < 2:
+            raise DataError(
+                f"{path}: target column {target!r} has a single class ({labels[0]!r}); at least 2 are needed"
+            )
+        y = codes.astype(np.int64).reshape(-1)
+        return Dataset(path.stem, X, y, table.names, task, labels, [], **common)  # type: ignore[arg-type]
     if all_numeric:
-        values = [float(v) for v in numeric if v is not None]
-        as_int = all(v.is_integer() for v in values)
-        keyed: list[str | int | float] = [int(v) if as_int else v for v in values]
+        values_ = [float(v) for v in numeric if v is not None]
+        keyed: list[str | int | float] = [int(v) if integral else v for v in values_]
         labels = sorted(set(keyed), key=float)
     else:
         keyed = list(targets)

@@ -104,7 +104,7 @@ class Table:
 
     path: Path
     columns: list[Column]
-    target: np.ndarray  # (N,) object: str, or float for a numeric target
+    target: np.ndarray  # (N,) float64 for a numeric target column, else object (str)
     target_name: str
     dialect: Dialect
     notices: list[str] = field(default_factory=list)
@@ -346,12 +346,18 @@ def read_table(
         raise DataError(f"{path}: the target {target!r} cannot also be a feature or dropped")
 
     t_idx = header.index(target)
-    tcol = arrow.column(t_idx)
+    # Column by column, each dropped once read: the arrow table never sits beside all of its copies.
+    arrow_columns: list[Any] = list(arrow.columns)
+    n = arrow.num_rows
+    del arrow
+    tcol = arrow_columns[t_idx]
+    tvalues: np.ndarray
     if pa.types.is_floating(tcol.type) or pa.types.is_integer(tcol.type):
-        tvalues = np.array(tcol.to_pylist(), dtype=object)
+        tvalues = tcol.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)  # NaN: missing
+        missing_target = np.flatnonzero(np.isnan(tvalues)).tolist()
     else:
         tvalues = _text_values(tcol)
-    missing_target = np.flatnonzero(np.equal(tvalues, None)).tolist()
+        missing_target = np.flatnonzero(np.equal(tvalues, None)).tolist()
     if missing_target:
         shown = missing_target[:SHOWN_PROBLEMS]
         problems = [
@@ -365,18 +371,17 @@ def read_table(
     bad_cells: list[tuple[int, str, str]] = []  # (row, column, cell) of the first few
     n_problems = 0
     chosen = set(features) if features else None
-    n = arrow.num_rows
     for j, name in enumerate(header):
+        col, arrow_columns[j] = arrow_columns[j], None
         if j == t_idx or name in drop or (chosen is not None and name not in chosen):
             continue
-        col = arrow.column(j)
         asked = chosen is not None  # a column the user named is kept whatever it looks like
         kind: str
         if name in categorical:
             values = _text_values(col.cast(pa.string()))
             kind = C.KIND_CATEGORICAL
         elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_null(col.type):
-            values = col.to_numpy(zero_copy_only=False).astype(np.float64) if n else np.empty(0)
+            values = col.to_numpy(zero_copy_only=False).astype(np.float64, copy=False) if n else np.empty(0)
             if pa.types.is_null(col.type):
                 values = np.full(n, np.nan)
             kind = C.KIND_NUMERIC
@@ -567,14 +572,15 @@ class FeatureEncoder:
         numeric = [sp for sp in self.inputs if sp.is_numeric]
         x = np.asarray(x, np.float64)
         fill = np.array([np.nan if sp.impute is None else float(sp.impute) for sp in numeric])
-        blocks = [np.where(np.isnan(x), fill, x)]  # (N, n_numeric)
+        missing = np.isnan(x)
+        blocks = [np.where(missing, fill, x) if missing.any() else x]  # (N, n_numeric)
         flagged = [j for j, sp in enumerate(numeric) if sp.missing_indicator]
         if flagged:
             blocks.append(np.isnan(x[:, flagged]).astype(np.float64))
         for j, spec in enumerate(sp for sp in self.inputs if not sp.is_numeric):
             assert s is not None
             blocks.append(one_hot_table(spec)[category_codes(spec, list(s[:, j]))])  # (N, K)
-        return np.concatenate(blocks, axis=1)
+        return np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
 
     def unknown_counts(self, s: np.ndarray) -> dict[str, int]:
         """Per categorical feature, how many cells of ``s`` fall in the unknown bucket."""
