@@ -145,7 +145,7 @@ def sklearn_models(task: str, seed: int) -> dict[str, Callable[[], Any]]:
     return {
         "Ridge": lambda: make_pipeline(StandardScaler(), Ridge()),
         "MLP(256,256)": lambda: make_pipeline(
-            StandardScaler(), MLPRegressor(hidden_layer_sizes=(256, 256), max_iter=2000, random_state=seed)
+            StandardScaler(), MLPRegressor(hidden_layer_sizes=(256, 256), max_iter=500, random_state=seed)
         ),
         "HistGradientBoosting": lambda: HistGradientBoostingRegressor(random_state=seed),
     }
