@@ -52,6 +52,7 @@ def load(path: Path, loader: str | None) -> None:
         spec = importlib.util.spec_from_file_location("loader", loader)
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)
+        sys.modules["loader"] = module  # dataclasses look their module up
         spec.loader.exec_module(module)
         load_csv = module.load_csv
     else:
