@@ -216,7 +216,8 @@ def load(args: argparse.Namespace) -> Dataset:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["adapt"]:  # `python -m training adapt ...`: AdaBN on a served model (training/adapt_cli.py)
+    # `python -m training adapt ...`: AdaBN on a served model (training/adapt_cli.py)
+    if argv[:1] == ["adapt"]:
         from training.adapt_cli import main as adapt_main
 
         return adapt_main(argv[1:])
