@@ -109,7 +109,14 @@ class Metrics:
         )
         #: Collectors that read state every worker shares (the drift monitors' files): no replica label.
         self.shared = CollectorRegistry(auto_describe=True)
+        self.load_failures = Counter(
+            "bnserve_model_load_failures",
+            "Model versions that failed to load or to pass their checks, so never served (by model).",
+            ["model"],
+            registry=own,
+        )
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._info_labels: set[tuple[str, str, str, str, str]] = set()
 
     def shared_path(self, name: str) -> Path | None:
         """Where workers share a state file ``name`` (the metrics directory), or None in one process."""
@@ -119,14 +126,22 @@ class Metrics:
         """Count a connection the server closed (see :mod:`service.connections`)."""
         self.connections_closed.labels(reason).inc()
 
-    def set_models(self, repository: ModelRepository, load_seconds: float) -> None:
-        """Record what the repository loaded."""
-        for model in repository:
-            mc = model.contract
-            self.model_info.labels(
-                model.name, str(model.version), mc.task, str(mc.n_features), str(mc.n_outputs)
-            ).set(1)
-        self.load_seconds.set(load_seconds)
+    def set_models(self, repository: ModelRepository, load_seconds: float | None = None) -> None:
+        """Record what is served now (after start-up, and after every swap): gone versions read 0."""
+        labels = {
+            (m.name, str(m.version), m.contract.task, str(m.contract.n_features), str(m.contract.n_outputs))
+            for m in repository
+        }
+        for gone in self._info_labels - labels:
+            # A multiprocess gauge keeps its file entry when removed: 0 says "no longer served" everywhere.
+            self.model_info.labels(*gone).set(0)
+            if self.multiprocess_dir is None:
+                self.model_info.remove(*gone)
+        for label in labels:
+            self.model_info.labels(*label).set(1)
+        self._info_labels = labels
+        if load_seconds is not None:
+            self.load_seconds.set(load_seconds)
 
     def observe(self, model: str, protocol: str, status: int, seconds: float, rows: int | None) -> None:
         """Account for one finished request."""

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.cpus import available_cpus
@@ -29,7 +29,27 @@ class Settings(BaseSettings):
 
     model_repository: Path = Field(
         default=Path("models"),
-        description="Model repository to serve: every <name>/<version>/model.onnx under it is loaded.",
+        description="Model repository to serve: <name>/<version>/model.onnx, the versions each model's "
+        "config.pbtxt version_policy selects (Triton's; default the latest one).",
+    )
+    model_control_mode: Literal["none", "explicit", "poll"] = Field(
+        default="poll",
+        description="poll: new versions in the repository go live by themselves (re-read every "
+        "--repository-poll-seconds and on file events), the repository API can load; explicit: only the "
+        "repository API (POST /v2/repository/models/<name>/load, /unload) changes what is served; none: what "
+        "start-up loads stays, the API is off.",
+    )
+    repository_poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="In poll mode, seconds between two reads of the model repository.",
+    )
+    repository_file_events: bool = Field(
+        default=True,
+        description="In poll mode, also re-read the repository as soon as a file under it changes "
+        "(inotify, through watchfiles), not only every poll interval.",
     )
     host: str = Field(default="127.0.0.1", min_length=1, description="Address to bind (0.0.0.0 in Docker).")
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port to listen on.")
@@ -192,6 +212,17 @@ class Settings(BaseSettings):
             raise ValueError("needs BNSERVE_API_KEY (the sample holds raw client inputs)")
         return value
 
+    @model_validator(mode="after")
+    def _explicit_needs_one_process(self) -> Settings:
+        # A load or unload call reaches one worker only; the others would serve another set. In poll mode every
+        # worker reads the repository itself and they converge.
+        if self.model_control_mode == "explicit" and self.workers > 1:
+            raise ValueError(
+                "--model-control-mode explicit needs --workers 1 (an API call reaches one worker only); "
+                "use poll mode with several workers"
+            )
+        return self
+
     def drift_config(self) -> DriftConfig:
         """The :class:`DriftConfig` of every model's monitor (its other fields keep their defaults)."""
         return DriftConfig(
@@ -252,7 +283,9 @@ def load_settings(argv: Sequence[str] | None = None) -> Settings:
 def _one_line(exc: ValidationError) -> str:
     """The first validation error as ``invalid --port / BNSERVE_PORT: <reason> (got '70000')``."""
     err = exc.errors()[0]
-    name = str(err["loc"][0]) if err["loc"] else "?"
+    if not err["loc"]:  # a check across settings names them itself
+        return "invalid setting: " + str(err["msg"]).removeprefix("Value error, ")
+    name = str(err["loc"][0])
     where = f"{_option(name)} / {ENV_PREFIX}{name.upper()}" if name in Settings.model_fields else name
     reason = str(err["msg"]).removeprefix("Value error, ")
     got = "" if name == "api_key" else f" (got {err.get('input')!r})"

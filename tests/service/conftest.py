@@ -111,7 +111,8 @@ def write_model(root: Path, name: str, version: int, model: onnx.ModelProto | by
     """Write ``root/name/version/model.onnx`` (plus the side files the service must ignore)."""
     folder = root / name / str(version)
     folder.mkdir(parents=True, exist_ok=True)
-    (root / name / "config.pbtxt").write_text(f'name: "{name}"\n')
+    # every version served, as before version policies (Triton's default would serve the latest only)
+    (root / name / "config.pbtxt").write_text(f'name: "{name}"\nversion_policy: {{ all: {{ }} }}\n')
     (folder / "history.json").write_text("{}")
     path = folder / "model.onnx"
     path.write_bytes(model if isinstance(model, bytes) else model.SerializeToString())
