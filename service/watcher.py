@@ -75,6 +75,7 @@ class RepositoryPoller:
     async def _watch(self, root: Path) -> None:
         from watchfiles import awatch
 
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)  # not a line per burst of file changes
         try:
             # step: quiet time that ends a burst of events; debounce: the longest a burst is held back.
             async for _changes in awatch(
