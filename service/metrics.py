@@ -111,7 +111,7 @@ class Metrics:
         self.shared = CollectorRegistry(auto_describe=True)
         self.load_failures = Counter(
             "bnserve_model_load_failures",
-            "Model versions that failed to load or to pass their checks, so never served (by model).",
+            "Model versions that failed to load or to pass their checks, so never served (by model; with workers, each worker counts its own attempt).",
             ["model"],
             registry=own,
         )
