@@ -28,6 +28,12 @@ class Unauthorized(ServiceError):
     status_code = 401
 
 
+class Forbidden(ServiceError):
+    """The operation is switched off in this configuration, such as the repository API in mode ``none`` (403)."""
+
+    status_code = 403
+
+
 class NotFound(ServiceError):
     """Unknown model or version (404)."""
 

@@ -39,26 +39,19 @@ from pathlib import Path
 
 import numpy as np
 
-from service.errors import BadRequest, ModelLoadError, NotFound, ServiceError
+from service.errors import BadRequest, Forbidden, ModelLoadError, NotFound, ServiceError
 from service.model_config import ConfigError, read_version_policy
-from service.repository import MODEL_FILE, ModelRepository
+from service.repository import MODEL_FILE, VERSION_FOLDER, ModelRepository
 from service.runtime import ModelRuntime, load_model
 
 log = logging.getLogger("bnserve.lifecycle")
 
 MODES = ("none", "explicit", "poll")
 READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
-_VERSION = re.compile(r"[1-9][0-9]{0,8}")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 #: ``(mtime_ns, size, inode)`` of a version's ``model.onnx``; ``None`` when it is missing.
 Fingerprint = tuple[int, int, int] | None
-
-
-class RepositoryApiOff(ServiceError):
-    """The repository API is off in this model control mode (403)."""
-
-    status_code = 403
 
 
 @dataclass
@@ -106,7 +99,7 @@ def scan(root: Path) -> dict[str, dict[int, Path]]:
         return found
     for model_dir in model_dirs:
         try:
-            versions = [p for p in model_dir.iterdir() if p.is_dir() and _VERSION.fullmatch(p.name)]
+            versions = [p for p in model_dir.iterdir() if p.is_dir() and VERSION_FOLDER.fullmatch(p.name)]
         except OSError:
             continue
         found[model_dir.name] = {int(p.name): p / MODEL_FILE for p in versions}
@@ -428,7 +421,7 @@ class ModelManager:
 
     def _api_on(self) -> None:
         if self.mode == "none":
-            raise RepositoryApiOff(
+            raise Forbidden(
                 "the repository API is off in model control mode 'none' (set BNSERVE_MODEL_CONTROL_MODE)"
             )
 

@@ -24,6 +24,7 @@ from service.v2 import BOUNDS
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": schemas.ErrorResponse, "description": "Bad request: the message names the problem."},
     401: {"model": schemas.ErrorResponse, "description": "Missing or wrong bearer key (when auth is on)."},
+    403: {"model": schemas.ErrorResponse, "description": "Switched off (the repository API in mode 'none')."},
     404: {"model": schemas.ErrorResponse, "description": "Unknown model or version."},
     413: {"model": schemas.ErrorResponse, "description": "Body or batch larger than the configured limits."},
     500: {
@@ -52,10 +53,14 @@ def json_body(model: str) -> dict[str, Any]:
 
 
 def openapi_builder(app: FastAPI, state: ServiceState, key_required: bool) -> Callable[[], dict[str, Any]]:
-    """``app.openapi`` with the request-body schemas and examples built from the first loaded model."""
+    """``app.openapi`` with the request-body schemas and examples built from the first served model (rebuilt
+    after a swap, so that the examples name a version that serves)."""
+
+    described: list[object] = [None]  # the served set the cached schema's examples were made from
 
     def build() -> dict[str, Any]:
-        if app.openapi_schema is not None:
+        repository = state.repository  # one snapshot for the whole build
+        if app.openapi_schema is not None and described[0] is repository:
             return app.openapi_schema
         spec = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
@@ -81,11 +86,11 @@ def openapi_builder(app: FastAPI, state: ServiceState, key_required: bool) -> Ca
         _exact_instances(components["schemas"])
         # With a key set the document stays open (a browser cannot send the key for /docs) but says nothing of
         # the models: no names, feature names or training means, which only the key's holders may read.
-        if state.repository is not None and len(state.repository) and not key_required:
-            _add_examples(spec, next(iter(state.repository)))
-            _exact_features(components["schemas"], list(state.repository), state.settings.max_batch_rows)
-        if state.repository is not None:  # cache only the complete schema
-            app.openapi_schema = spec
+        if repository is not None and len(repository) and not key_required:
+            _add_examples(spec, next(iter(repository)))
+            _exact_features(components["schemas"], list(repository), state.settings.max_batch_rows)
+        if repository is not None:  # cache only the complete schema, until a swap changes the served set
+            app.openapi_schema, described[0] = spec, repository
         return spec
 
     return build

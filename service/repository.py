@@ -1,8 +1,8 @@
-"""The model repository: finds ``<name>/<version>/model.onnx`` files and holds the loaded runtimes.
+"""The served models by name and version: one immutable snapshot, which a swap replaces whole.
 
 Layout (Triton's): ``<root>/<name>/<version>/model.onnx`` with ``<version>`` a positive integer folder. Other
-files beside the model (``config.pbtxt``, ``history.json``) and non-numeric folders are ignored. Loading is
-all-or-nothing: the first model that cannot be served raises :class:`ModelLoadError`.
+files beside the model (``config.pbtxt``, ``history.json``) and non-numeric folders are ignored. Finding,
+loading and swapping versions is :mod:`service.lifecycle`'s job.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.errors import ModelLoadError, NotFound
-from service.runtime import ModelRuntime, load_model
+from service.errors import NotFound
+from service.runtime import ModelRuntime
 
 MODEL_FILE = "model.onnx"
-_VERSION = re.compile(r"[1-9][0-9]{0,8}")
+VERSION_FOLDER = re.compile(r"[1-9][0-9]{0,8}")
 
 
 @dataclass
@@ -33,7 +33,7 @@ class ModelRepository:
             raise NotFound(f"unknown model {_short(name)!r}; this server has {sorted(self.models)}")
         if version is None:
             return versions[max(versions)]
-        if not _VERSION.fullmatch(version) or int(version) not in versions:
+        if not VERSION_FOLDER.fullmatch(version) or int(version) not in versions:
             raise NotFound(
                 f"model {name!r} has no version {_short(version)!r}; available: {[str(v) for v in sorted(versions)]}"
             )
@@ -51,29 +51,3 @@ class ModelRepository:
 def _short(text: str, limit: int = 64) -> str:
     """Client-supplied text, cut short before it is put into an error message."""
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def find_model_files(root: Path) -> list[tuple[str, int, Path]]:
-    """``(name, version, path)`` of every model version folder under ``root``, sorted; the file may be missing."""
-    if not root.is_dir():
-        raise ModelLoadError(root, "the model repository is not a directory")
-    found = []
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions = [p for p in model_dir.iterdir() if p.is_dir() and _VERSION.fullmatch(p.name)]
-        if not versions:
-            raise ModelLoadError(
-                model_dir, f"no version folder (expected {model_dir}/<n>/{MODEL_FILE}, n >= 1)"
-            )
-        for version_dir in sorted(versions, key=lambda p: int(p.name)):
-            found.append((model_dir.name, int(version_dir.name), version_dir / MODEL_FILE))
-    if not found:
-        raise ModelLoadError(root, f"the model repository has no models (expected <name>/<n>/{MODEL_FILE})")
-    return found
-
-
-def load_repository(root: Path, intra_op_threads: int = 1) -> ModelRepository:
-    """Load every model version under ``root``; the first unusable one raises :class:`ModelLoadError`."""
-    repo = ModelRepository(root=root)
-    for name, version, path in find_model_files(root):
-        repo.models.setdefault(name, {})[version] = load_model(name, version, path, intra_op_threads)
-    return repo

@@ -22,7 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from service import dataplane, schemas, v1, v2
 from service.auth import ApiKey
 from service.dataplane import JSON, RequestInfo
-from service.errors import NotReady
+from service.errors import BadRequest, NotReady
+from service.lifecycle import ModelManager
 from service.metrics import CONTENT_TYPE
 from service.middleware import request_info
 from service.openapi import SECURITY_SCHEME, errors, json_body
@@ -183,6 +184,33 @@ class Endpoints:
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
 
+    # ---- the model repository (Triton's extension); the logic is service.lifecycle's -------------------------
+    def _manager(self) -> ModelManager:
+        if self.state.manager is None:
+            raise NotReady("the models are not loaded yet")
+        return self.state.manager
+
+    async def repository_index(self, request: Request) -> Response:
+        body = await _json_object(request)
+        ready_only = body.get("ready", False)
+        if not isinstance(ready_only, bool):
+            raise BadRequest(f"'ready' must be true or false, got {str(ready_only)[:32]!r}")
+        return json_response(await run_in_threadpool(self._manager().index, ready_only))
+
+    async def repository_load(self, request: Request, name: str) -> Response:
+        parameters = (await _json_object(request)).get("parameters") or {}
+        if isinstance(parameters, dict) and any(k == "config" or k.startswith("file:") for k in parameters):
+            raise BadRequest(
+                "a load with a config or files in the request is not supported; change the repository"
+            )
+        await run_in_threadpool(self._manager().load, name)  # loading blocks: off the event loop
+        return Response(status_code=200)
+
+    async def repository_unload(self, request: Request, name: str) -> Response:
+        await _json_object(request)
+        await run_in_threadpool(self._manager().unload, name)
+        return Response(status_code=200)
+
     async def metrics(self, request: Request) -> Response:
         return Response(await run_in_threadpool(self.state.metrics.render), media_type=CONTENT_TYPE)
 
@@ -197,10 +225,33 @@ _INFER_200 = {
 }
 
 
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The request's JSON object body; an empty body (what tritonclient sends for the index) is ``{}``."""
+    body = await request.body()
+    if not body.strip():
+        return {}
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"the body must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _health(ok: str, *codes: int) -> dict[str, Any]:
     return {
         "tags": ["health"],
         "response_class": Response,
+        "responses": {200: {"description": ok}, **errors(*codes)},
+    }
+
+
+def _repository(ok: str, *codes: int, description: str) -> dict[str, Any]:
+    return {
+        "tags": ["repository"],
+        "response_class": Response,
+        "description": description,
         "responses": {200: {"description": ok}, **errors(*codes)},
     }
 
@@ -289,6 +340,28 @@ def route_table(state: ServiceState) -> list[Route]:
             description="A uniform sample (reservoir) of the rows this version served, as CSV with a header of "
             "feature names: the input of `python -m training adapt --rows`. Only with "
             "BNSERVE_DRIFT_SAMPLE_ROWS > 0, which requires an API key: these are raw client inputs.",
+            guarded=True,
+        ),
+        Route(
+            "POST", "/v2/repository/index", e.repository_index, "Repository index",
+            _repository("A JSON list of {name, version, state, reason}.", 400, 401, 403, 503,
+                description="Every model and version in the repository with its state (READY, UNAVAILABLE, "
+                "LOADING, UNLOADING) and why; the body {\"ready\": true} lists the ready ones only."),
+            guarded=True,
+        ),
+        Route(
+            "POST", "/v2/repository/models/{name}/load", e.repository_load, "Load a model",
+            _repository("Loaded (empty body).", 400, 401, 403, 404, 503,
+                description="Read the model from the repository again and serve the versions its version_policy "
+                "selects, each loaded and checked before it takes traffic; a 400 names a version that failed "
+                "(the versions serving before stay). In poll mode: re-read now."),
+            guarded=True,
+        ),
+        Route(
+            "POST", "/v2/repository/models/{name}/unload", e.repository_unload, "Unload a model",
+            _repository("Unloaded (empty body).", 400, 401, 403, 404, 503,
+                description="Stop serving every version of the model (explicit mode); requests already running "
+                "finish."),
             guarded=True,
         ),
         Route("GET", "/metrics", e.metrics, "Prometheus metrics", metrics_doc),

@@ -21,12 +21,14 @@ from service.dataplane import Limits, Offload
 from service.drift import DriftMonitor
 from service.errors import ModelLoadError, NotFound, NotReady
 from service.hidden_drift import ModelDriftMonitor
+from service.lifecycle import Hooks, ModelManager
 from service.metrics import Metrics
 from service.observers import ObserverFeeder
-from service.repository import ModelRepository, load_repository
+from service.repository import ModelRepository
 from service.runtime import ModelRuntime, Observer
 from service.sample import Reservoir
 from service.settings import Settings
+from service.watcher import RepositoryPoller
 
 log = logging.getLogger("bnserve")
 
@@ -41,7 +43,8 @@ class ServiceState:
     settings: Settings
     metrics: Metrics = field(init=False)
     limits: Limits = field(init=False)
-    repository: ModelRepository | None = None
+    manager: ModelManager | None = None  # set once the start-up load succeeded
+    poller: RepositoryPoller | None = None  # poll mode only
     drift: dict[tuple[str, int], DriftMonitor] = field(default_factory=dict)  # by (name, version)
     samples: dict[tuple[str, int], Reservoir] = field(default_factory=dict)  # by (name, version), opt-in
     feeder: ObserverFeeder | None = None  # runs the observers, batched, on its own thread
@@ -57,6 +60,11 @@ class ServiceState:
         writes = self.settings.access_log and self.settings.log_level in ("info", "debug")
         self.access_log = AccessLog(self.settings.log_format) if writes else None
         self.limits = Limits(self.settings.max_body_bytes, self.settings.max_batch_rows)
+
+    @property
+    def repository(self) -> ModelRepository | None:
+        """The versions served right now: a snapshot that a swap replaces, never changes."""
+        return self.manager.repository if self.manager is not None else None
 
     @property
     def ready(self) -> bool:
@@ -100,46 +108,29 @@ class ServiceState:
         """Load the repository, give every model its observers, start the inference threads, turn ready."""
         settings = self.settings
         started = time.perf_counter()
+        # Observers run on the feeder thread, batched, after the response's outputs: never on the loop and never
+        # on a request's critical path.
+        self.feeder = ObserverFeeder()
+        manager = ModelManager(
+            settings.model_repository,
+            settings.model_control_mode,
+            settings.intra_op_threads,
+            Hooks(
+                prepare=lambda model: self._attach(model, observers_for),
+                retire=self._detach,
+                published=self.metrics.set_models,
+                failed=lambda name, version, reason: self.metrics.load_failures.labels(name).inc(),
+            ),
+        )
         try:
-            repository = await anyio.to_thread.run_sync(
-                load_repository, settings.model_repository, settings.intra_op_threads
-            )
+            repository = await anyio.to_thread.run_sync(manager.start)
         except ModelLoadError as exc:
             self.startup_error = str(exc)  # python -m service prints it, in one line
             raise
-        # Observers run on the feeder thread, batched, after the response's outputs: never on the loop and never
-        # on a request's critical path.
-        feeder = ObserverFeeder()
-        monitors: dict[tuple[str, int], DriftMonitor] = {}
-        samples: dict[tuple[str, int], Reservoir] = {}
-        for model in repository:
-            what = f"{model.name}/{model.version}"
-            if settings.drift_enabled:
-                # The hidden layers' outputs come from a second session run on the feeder thread, per burst. With
-                # several workers, the statistics live in files every worker maps: one estimate, whichever worker
-                # served the rows or answers the report.
-                hidden = model.hidden_outputs if settings.drift_layers else None
-                monitor = ModelDriftMonitor(
-                    model.contract,
-                    settings.drift_config(),
-                    name=what,
-                    hidden_outputs=hidden,
-                    shared=self.metrics.shared_path(f"drift-{model.name}-{model.version}.state"),
-                )
-                model.observers.append(feeder.wrap(monitor.update, what))
-                monitors[(model.name, model.version)] = monitor
-            if settings.drift_sample_rows:
-                # A fixed seed: the same traffic gives the same sample (still uniform over the rows)
-                reservoir = Reservoir(settings.drift_sample_rows, model.n_features, seed=0)
-                model.observers.append(feeder.wrap(reservoir.update, what))
-                samples[(model.name, model.version)] = reservoir
-            if observers_for is not None:
-                model.observers.extend(feeder.wrap(observe, what) for observe in observers_for(model))
-        self.drift, self.samples, self.feeder = monitors, samples, feeder
         self.offload = Offload(settings.inline_max_bytes)
         connections.listeners[:] = [self.metrics.connection_closed]  # this process's server, this app
         self.metrics.set_models(repository, time.perf_counter() - started)
-        self.repository = repository
+        self.manager = manager
         self.metrics.ready.set(1)
         # Everything allocated so far (FastAPI, pydantic, onnxruntime, the models) lives as long as the process:
         # move it out of the collector's sight. Otherwise every full collection walks it, a ~30 ms pause that
@@ -156,10 +147,50 @@ class ServiceState:
                 model.contract.n_outputs,
                 model.path,
             )
+        if settings.model_control_mode == "poll":
+            self.poller = RepositoryPoller(
+                manager, settings.repository_poll_seconds, settings.repository_file_events
+            )
+            self.poller.start()
+
+    def _attach(self, model: ModelRuntime, observers_for: ObserversFor | None) -> None:
+        """A version about to serve (at start-up or in a swap): its drift monitor, sample and observers, before
+        its first request. The dicts are replaced, never mutated: a scrape may be reading them on another thread."""
+        assert self.feeder is not None, "the feeder starts before the first model loads"
+        settings, key, what = self.settings, (model.name, model.version), f"{model.name}/{model.version}"
+        if settings.drift_enabled:
+            # The hidden layers' outputs come from a second session run on the feeder thread, per burst. With
+            # several workers, the statistics live in files every worker maps: one estimate, whichever worker
+            # served the rows or answers the report.
+            hidden = model.hidden_outputs if settings.drift_layers else None
+            monitor = ModelDriftMonitor(
+                model.contract,
+                settings.drift_config(),
+                name=what,
+                hidden_outputs=hidden,
+                shared=self.metrics.shared_path(f"drift-{model.name}-{model.version}.state"),
+            )
+            model.observers.append(self.feeder.wrap(monitor.update, what))
+            self.drift = {**self.drift, key: monitor}
+        if settings.drift_sample_rows:
+            # A fixed seed: the same traffic gives the same sample (still uniform over the rows)
+            reservoir = Reservoir(settings.drift_sample_rows, model.n_features, seed=0)
+            model.observers.append(self.feeder.wrap(reservoir.update, what))
+            self.samples = {**self.samples, key: reservoir}
+        if observers_for is not None:
+            model.observers.extend(self.feeder.wrap(observe, what) for observe in observers_for(model))
+
+    def _detach(self, model: ModelRuntime) -> None:
+        """A version that no longer serves: its monitor and sample leave the reports and the gauges."""
+        key = (model.name, model.version)
+        self.drift = {k: m for k, m in self.drift.items() if k != key}
+        self.samples = {k: r for k, r in self.samples.items() if k != key}
 
     async def stop(self) -> None:
-        """Not ready any more; observe what is pending; let the running inferences finish."""
+        """Not ready any more; stop re-reading the repository; observe what is pending; let inferences finish."""
         self.begin_shutdown()
+        if self.poller is not None:
+            await self.poller.stop()
         if self.access_log is not None:
             self.access_log.close()
         if self.feeder is not None:

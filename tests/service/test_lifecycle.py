@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.errors import BadRequest, ModelLoadError, NotFound
-from service.lifecycle import Hooks, ModelManager, RepositoryApiOff, probe
+from service.errors import BadRequest, Forbidden, ModelLoadError, NotFound
+from service.lifecycle import Hooks, ModelManager, probe
 from service.runtime import ModelRuntime
 from tests.service.conftest import DIGIT_FEATURES, broken_variants, build_onnx, tiny_model, write_model
 
@@ -272,7 +272,7 @@ def test_modes_guard_the_api(root: Path) -> None:
     none = ModelManager(root, mode="none")
     none.start()
     for call in (none.index, lambda: none.load("m"), lambda: none.unload("m")):
-        with pytest.raises(RepositoryApiOff, match="off in model control mode 'none'") as info:
+        with pytest.raises(Forbidden, match="off in model control mode 'none'") as info:
             call()
         assert info.value.status_code == 403
     poll = ModelManager(root, mode="poll")

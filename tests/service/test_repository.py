@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from service.errors import ModelLoadError, NotFound
-from service.repository import load_repository
+from service.lifecycle import ModelManager
 from tests.service.conftest import Repo, broken_variants, write_model
 
 
 def test_loads_every_model_and_version(repo: Repo) -> None:
-    loaded = load_repository(repo.root)
+    loaded = ModelManager(repo.root).start()
     assert sorted(loaded.models) == ["digits", "house", "iris"]
     assert sorted(loaded.models["digits"]) == [1, 2]
     assert len(loaded) == 4
@@ -31,7 +31,7 @@ def test_loads_every_model_and_version(repo: Repo) -> None:
     ],
 )
 def test_unknown_model_or_version(repo: Repo, name: str, version: str | None, message: str) -> None:
-    loaded = load_repository(repo.root)
+    loaded = ModelManager(repo.root).start()
     with pytest.raises(NotFound, match=message.replace("[", r"\[").replace("]", r"\]")):
         loaded.get(name, version)
 
@@ -45,7 +45,7 @@ def test_a_broken_model_refuses_the_whole_repository(broken_repo: Path, variant:
     else:
         write_model(broken_repo, "broken", 1, content)
     with pytest.raises(ModelLoadError) as info:
-        load_repository(broken_repo)
+        ModelManager(broken_repo).start()
     message = str(info.value)
     assert message.startswith(f"{path}: ")
     assert phrase in message
@@ -55,9 +55,9 @@ def test_a_broken_model_refuses_the_whole_repository(broken_repo: Path, variant:
 def test_model_folder_without_versions_is_refused(broken_repo: Path) -> None:
     (broken_repo / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="no version folder"):
-        load_repository(broken_repo)
+        ModelManager(broken_repo).start()
 
 
 def test_empty_repository_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="has no models"):
-        load_repository(tmp_path)
+        ModelManager(tmp_path).start()

@@ -10,13 +10,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 import contract
 from service.errors import BadRequest, ModelLoadError
-from service.repository import load_repository
+from service.lifecycle import ModelManager
 from service.runtime import load_model, probe_rows
 from tests.service.conftest import IRIS_FEATURES, Repo, make_contract, write_model
 
 
 def test_runtime_matches_the_closed_form(repo: Repo) -> None:
-    loaded = load_repository(repo.root)
+    loaded = ModelManager(repo.root).start()
     rng = np.random.default_rng(0)
     for key in ("digits@1", "iris", "house"):
         tiny = repo.models[key]
