@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         with server:
             server.wait_ready()
+            for _ in range(args.workers):  # every worker serves version 1 before version 2 arrives
+                server.wait_for_line("Application startup complete", timeout=60)
             load = Load(server.port, "/v2/models/digits/infer", body, args.connections)
             load.start()
             time.sleep(args.every)

@@ -23,7 +23,7 @@ import numpy as np
 
 from benchmarks.harness import MODELS
 from service import proto, v2_grpc
-from service.repository import load_repository
+from service.lifecycle import ModelManager
 from service.tracing import Tracing, step
 
 
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--number", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
-    model = load_repository(MODELS).get("digits")
+    model = ModelManager(MODELS, mode="none").start().get("digits")
     request = one_row_request()
 
     def bare() -> object:

@@ -75,6 +75,8 @@ def test_versions_arrive_under_load(tmp_path: Path, workers: int) -> None:
     live_at: dict[int, float] = {}
     with server:
         server.wait_ready()
+        for _ in range(workers):  # every worker has loaded version 1 before version 2 arrives
+            server.wait_for_line("Application startup complete", timeout=60)
         load = Load(server.port, "/v2/models/digits/infer", BODY, connections=4)
         load.start()
         try:

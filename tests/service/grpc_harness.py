@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.dataplane import new_request_id
 from service.grpc_server import InferenceServicer, create_server
-from service.repository import load_repository
+from service.lifecycle import ModelManager
 from service.settings import Settings
 from service.state import ServiceState
 from service.tracing import Tracing
@@ -69,7 +69,8 @@ def serve_grpc(
 
     settings = settings_for(root, **{"max_batch_rows": 64, "max_body_bytes": 65536, **overrides})
     state = ServiceState(settings=settings)
-    state.repository = load_repository(root)
+    state.manager = ModelManager(root, mode="none")
+    state.manager.start()
     executor = ThreadPoolExecutor(2)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
