@@ -195,10 +195,10 @@ def _forget_dead_workers(directory: str, stop: threading.Event) -> None:
 def _unloadable(settings: Settings) -> str | None:
     """Why the repository cannot be served (the start-up checks every worker would run), or None."""
     from service.errors import ModelLoadError
-    from service.repository import load_repository
+    from service.lifecycle import ModelManager
 
     try:
-        load_repository(settings.model_repository, settings.intra_op_threads)
+        ModelManager(settings.model_repository, "none", settings.intra_op_threads).start()
     except ModelLoadError as exc:
         return str(exc)
     return None

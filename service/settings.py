@@ -212,6 +212,18 @@ class Settings(BaseSettings):
             raise ValueError("needs BNSERVE_API_KEY (the sample holds raw client inputs)")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _explicit_runs_one_worker(cls, data: Any) -> Any:
+        # Explicit mode's default is one worker (not one per CPU): see _explicit_needs_one_process.
+        if (
+            isinstance(data, dict)
+            and data.get("model_control_mode") == "explicit"
+            and data.get("workers") is None
+        ):
+            return {**data, "workers": 1}
+        return data
+
     @model_validator(mode="after")
     def _explicit_needs_one_process(self) -> Settings:
         # A load or unload call reaches one worker only; the others would serve another set. In poll mode every

@@ -37,6 +37,13 @@ def infer(client: TestClient, tiny: TinyModel) -> str:
     return answer["model_version"]
 
 
+def examples(client: TestClient) -> dict[str, str]:
+    """The path parameters' examples in /openapi.json (shown without a key only)."""
+    spec = client.get("/openapi.json").json()
+    params = spec["paths"]["/v2/models/{name}/versions/{version}/infer"]["post"]["parameters"]
+    return {p["name"]: p["example"] for p in params}
+
+
 def metric(client: TestClient, pattern: str) -> list[str]:
     return re.findall(pattern, client.get("/metrics").text, re.M)
 
@@ -95,10 +102,6 @@ def test_a_load_swaps_and_everything_follows(root: Path, explicit: TestClient) -
     # metrics: the served version only
     assert metric(explicit, r'^bnserve_model_info\{.*model="m",.*version="(\d)"\} 1\.0$') == ["2"]
     assert metric(explicit, r'^bnserve_drift_score\{model="m",version="(\d)"') == ["2"]
-    # /docs: the examples name the served version
-    spec = explicit.get("/openapi.json").json()
-    params = spec["paths"]["/v2/models/{name}/versions/{version}/infer"]["post"]["parameters"]
-    assert {p["name"]: p["example"] for p in params} == {"name": "m", "version": "2"}
     assert explicit.post("/v2/repository/index", json={"ready": True}, headers=AUTH).json() == [
         {"name": "m", "version": "2", "state": "READY", "reason": ""}
     ]
@@ -159,7 +162,10 @@ def test_poll_mode_loads_now_and_refuses_unload(root: Path) -> None:
     put(root, 1)
     with app_client(root, "poll", repository_poll_seconds=3600) as client:
         v2 = put(root, 2)
+        assert examples(client) == {"name": "m", "version": "1"}
         assert client.post("/v2/repository/models/m/load").status_code == 200  # re-read now, not in an hour
         assert infer(client, v2) == "2"
+        # /docs: the examples name the served version
+        assert examples(client) == {"name": "m", "version": "2"}
         response = client.post("/v2/repository/models/m/unload")
         assert response.status_code == 400 and "not allowed in poll mode" in response.json()["error"]

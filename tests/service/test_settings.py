@@ -80,3 +80,34 @@ def test_an_api_key_a_client_cannot_send_exactly_is_refused(key: str, message: s
 def test_a_printable_key_is_kept_as_given() -> None:
     settings = load_settings(["--api-key", "a-Key_with.symbols~!"])
     assert settings.api_key is not None and settings.api_key.get_secret_value() == "a-Key_with.symbols~!"
+
+
+def test_model_control_modes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(ENV_PREFIX + name.upper(), raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    settings = load_settings([])
+    assert (
+        settings.model_control_mode,
+        settings.repository_poll_seconds,
+        settings.repository_file_events,
+    ) == (
+        "poll",
+        2.0,
+        True,
+    )
+    # explicit: one worker by default (a load or unload call reaches one process), more is refused
+    assert load_settings(["--model-control-mode", "explicit"]).workers == 1
+    monkeypatch.setenv("BNSERVE_MODEL_CONTROL_MODE", "explicit")
+    assert load_settings([]).workers == 1
+    with pytest.raises(
+        SettingsError, match=r"^invalid setting: --model-control-mode explicit needs --workers 1"
+    ):
+        load_settings(["--workers", "2"])
+    with pytest.raises(
+        SettingsError, match=r"--model-control-mode / BNSERVE_MODEL_CONTROL_MODE: Input should be"
+    ):
+        load_settings(["--model-control-mode", "sometimes"])
+    with pytest.raises(SettingsError, match=r"--repository-poll-seconds .*greater than 0"):
+        load_settings(["--repository-poll-seconds", "0"])
