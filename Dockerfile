@@ -1,6 +1,6 @@
 # bnserve serving image: only the serving dependencies (no onnx, no training code), models/ baked in.
 #   docker build -t bnserve .            (BASE picks the base image; python:3.11-slim by default)
-#   docker run -p 8000:8000 bnserve
+#   docker run -p 8000:8000 -p 8001:8001 bnserve
 ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS build
@@ -22,6 +22,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     BNSERVE_HOST=0.0.0.0 \
     BNSERVE_PORT=8000 \
+    BNSERVE_GRPC_PORT=8001 \
     BNSERVE_MODEL_REPOSITORY=/models
 RUN groupadd --system --gid 10001 bnserve \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin bnserve
@@ -29,7 +30,8 @@ COPY --from=build /opt/venv /opt/venv
 COPY models/ /models/
 WORKDIR /models
 USER 10001:10001
-EXPOSE 8000
+# HTTP (REST: V2 and V1, health, metrics) and gRPC (the Open Inference Protocol's GRPCInferenceService).
+EXPOSE 8000 8001
 # Python's standard library only (the slim image has no curl); the port follows BNSERVE_PORT.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/v2/health/ready' % os.environ.get('BNSERVE_PORT', '8000'), timeout=2)"]

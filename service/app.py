@@ -1,9 +1,10 @@
 """``create_app(settings)``: the bnserve ASGI app, assembled from its parts and nothing else.
 
 Outermost first, a request meets :class:`~service.middleware.RequestContext` (request id, body limit, access
-log, metrics, the catch-all 500), then :class:`~service.fastpath.FastPath` (the inference routes), then
+log, metrics, span, the catch-all 500), then :class:`~service.fastpath.FastPath` (the inference routes), then
 FastAPI's routing over :func:`~service.routes.route_table`. Models load in the lifespan
-(:meth:`~service.state.ServiceState.start`).
+(:meth:`~service.state.ServiceState.start`); the gRPC server (:mod:`service.grpc_server`) starts after them
+on the same event loop and drains beside HTTP at shutdown.
 """
 
 from __future__ import annotations
@@ -17,32 +18,55 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.auth import ApiKey
 from service.docs import add_docs
 from service.fastpath import FastPath
+from service.grpc_server import GrpcServer
 from service.metrics import register_drift_gauges
 from service.middleware import EXCEPTION_HANDLERS, RequestContext
 from service.openapi import openapi_builder
 from service.routes import register, route_table
 from service.settings import Settings
 from service.state import ObserversFor, ServiceState
+from service.tracing import Tracing, TracingError
 
 
-def create_app(settings: Settings, observers_for: ObserversFor | None = None) -> FastAPI:
-    """The bnserve ASGI app for ``settings``; models load when its lifespan starts.
+def create_app(
+    settings: Settings, observers_for: ObserversFor | None = None, tracing: Tracing | None = None
+) -> FastAPI:
+    """The bnserve ASGI app for ``settings``; models load when its lifespan starts, then the gRPC server
+    (``settings.grpc_port``, on the same event loop) starts.
 
     With ``settings.drift_enabled``, every loaded model version gets a drift monitor fed its served rows
     (``GET /v2/models/{name}/drift``, ``bnserve_drift_*`` gauges). ``observers_for(model)``, when given, is
     called once per loaded model and returns further callables fed the float32 rows of each successful
-    inference.
+    inference. Requests are traced by ``tracing`` when given, else as the OTEL_* variables say
+    (:meth:`Tracing.from_env`: off unless they ask).
     """
     state = ServiceState(settings=settings)
     auth = ApiKey(settings.api_key.get_secret_value() if settings.api_key is not None else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await state.start(observers_for)
         try:
+            state.tracing = tracing if tracing is not None else Tracing.from_env(state.version)
+        except TracingError as exc:
+            state.startup_error = str(exc)
+            raise
+        await state.start(observers_for)
+        grpc = GrpcServer(state, auth) if settings.grpc_port else None
+        try:
+            if grpc is not None:
+                try:
+                    await grpc.start()
+                except OSError as exc:
+                    state.startup_error = str(exc)
+                    raise
             yield
         finally:
+            state.begin_shutdown()  # already begun on SIGTERM; here when the lifespan ends otherwise
+            if grpc is not None:
+                await grpc.stop()
             await state.stop()
+            if state.tracing is not None:
+                state.tracing.shutdown()
 
     app = Service(
         title="bnserve",
@@ -53,6 +77,9 @@ def create_app(settings: Settings, observers_for: ObserversFor | None = None) ->
         exception_handlers=EXCEPTION_HANDLERS,
         docs_url=None,  # add_docs serves them, without a CDN
         redoc_url=None,
+        # FastAPI's own OpenTelemetry instrumentation stays off: it would not see the fast path or gRPC, and it
+        # would duplicate our spans (service.tracing) whenever a global tracer provider is set.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.service = state
     # Read at scrape time from whatever monitors the lifespan made; nothing on the prediction path. The

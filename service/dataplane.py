@@ -4,7 +4,8 @@ Each protocol is one function of the model, the request's bytes and the few tran
 content coding, the V2 binary header length), returning a :class:`Reply`; errors are the typed
 :mod:`service.errors`. The HTTP routes call them, and so can any other transport. :class:`Offload` decides
 where that blocking work runs: on the inference threads by default, on the event loop for small bodies when
-``BNSERVE_INLINE_MAX_BYTES`` asks for it.
+``BNSERVE_INLINE_MAX_BYTES`` asks for it. Each step (decode, inference, encode) is a child span of the
+request's when the request is traced (:mod:`service.tracing`; a shared no-op otherwise).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from service import v1, v2
+from service import v1, v2, v2_grpc
 from service.errors import BadRequest, PayloadTooLarge
 from service.runtime import ModelRuntime
+from service.tracing import RequestTrace, step
 
 JSON = "application/json"
 T = TypeVar("T")
@@ -41,14 +43,20 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
+def request_id(given: str | None) -> str:
+    """The caller's request id when it follows :data:`REQUEST_ID`, else a fresh one."""
+    return given if given and REQUEST_ID.fullmatch(given) else new_request_id()
+
+
 @dataclass
 class RequestInfo:
-    """Per-request facts the transport and the data plane fill in for the access log and the metrics."""
+    """Per-request facts the transport and the data plane fill in for the access log, metrics and span."""
 
     request_id: str
     model: str = ""
     version: int | None = None
     rows: int | None = None
+    trace: RequestTrace | None = None  # the request's span, when tracing is on
 
 
 @dataclass(frozen=True)
@@ -115,22 +123,42 @@ def infer_v2(
     info: RequestInfo,
 ) -> Reply:
     """Open Inference Protocol (V2) ``infer``: JSON or binary tensors in, the requested outputs out."""
-    body = decompress(body, encoding, limits.max_body_bytes)
-    request = v2.parse_infer_request(body, header_length, model, limits.max_batch_rows)
+    with step(info.trace, "decode"):
+        body = decompress(body, encoding, limits.max_body_bytes)
+        request = v2.parse_infer_request(body, header_length, model, limits.max_batch_rows)
     info.rows = len(request.x)
     hidden = [name for name, _ in request.outputs if name in model.hidden_output_names]  # asked for by name
-    content, headers = v2.encode_infer_response(model, request, model.predict(request.x, hidden))
+    with step(info.trace, "inference"):
+        results = model.predict(request.x, hidden)
+    with step(info.trace, "encode"):
+        content, headers = v2.encode_infer_response(model, request, results)
     return Reply(content, headers)
+
+
+def infer_grpc(model: ModelRuntime, request: Any, limits: Limits, info: RequestInfo) -> Any:
+    """Open Inference Protocol over gRPC ``ModelInfer``: a ``ModelInferRequest`` in, its response out."""
+    with step(info.trace, "decode"):
+        decoded = v2_grpc.parse_infer_request(request, model, limits.max_batch_rows)
+    info.rows = len(decoded.x)
+    hidden = [name for name, _ in decoded.outputs if name in model.hidden_output_names]  # asked for by name
+    with step(info.trace, "inference"):
+        results = model.predict(decoded.x, hidden)
+    with step(info.trace, "encode"):
+        return v2_grpc.encode_infer_response(model, decoded, results)
 
 
 def predict_v1(
     model: ModelRuntime, body: bytes, encoding: str | None, limits: Limits, info: RequestInfo
 ) -> Reply:
     """V1 ``:predict``: ``{"instances": ...}`` in, ``{"predictions": ...}`` out."""
-    body = decompress(body, encoding, limits.max_body_bytes)
-    x = v1.parse_predict_request(body, model, limits.max_batch_rows)
+    with step(info.trace, "decode"):
+        body = decompress(body, encoding, limits.max_body_bytes)
+        x = v1.parse_predict_request(body, model, limits.max_batch_rows)
     info.rows = len(x)
-    return Reply(v1.encode_predict_response(model, model.predict(x)), {"Content-Type": JSON})
+    with step(info.trace, "inference"):
+        results = model.predict(x)
+    with step(info.trace, "encode"):
+        return Reply(v1.encode_predict_response(model, results), {"Content-Type": JSON})
 
 
 class Offload:

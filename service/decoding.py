@@ -104,15 +104,21 @@ def numbers_to_rows(
                 f"value at row {r}, column {c} is not an integer, but an INT datatype was declared"
             )
     if bounds is not None:
-        low, high = bounds
-        if not (values.min(initial=low) >= low and values.max(initial=high) <= high):
-            ok = (values >= low) & (values <= high)
-            r, c = (int(i) for i in np.argwhere(~ok)[0])
-            raise BadRequest(
-                f"value at row {r}, column {c} is {float(values[r, c]):g}, outside the declared datatype's "
-                f"range [{low:g}, {high:g}]"
-            )
+        check_bounds(values, bounds)
     return to_float32_rows(values)
+
+
+def check_bounds(values: np.ndarray, bounds: tuple[float, float]) -> None:
+    """Every value of the rows (N, F) within the declared datatype's ``bounds``; :class:`BadRequest` naming the
+    first one outside."""
+    low, high = bounds
+    if not (values.min(initial=low) >= low and values.max(initial=high) <= high):
+        ok = (values >= low) & (values <= high)
+        r, c = (int(i) for i in np.argwhere(~ok)[0])
+        raise BadRequest(
+            f"value at row {r}, column {c} is {float(values[r, c]):g}, outside the declared datatype's "
+            f"range [{low:g}, {high:g}]"
+        )
 
 
 def nested_rows(data: list[Any], n_cols: int) -> list[Any]:

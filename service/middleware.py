@@ -1,4 +1,4 @@
-"""What every HTTP request goes through: request id, body limit, access log, metrics, the catch-all 500.
+"""What every HTTP request goes through: request id, body limit, access log, metrics, span, the catch-all 500.
 
 :class:`RequestContext` is pure ASGI middleware around everything else (the fast path and FastAPI's stack);
 the error handlers FastAPI calls give every other error the same ``{"error": "..."}`` shape.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any
 
@@ -20,10 +21,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.dataplane import JSON, REQUEST_ID, RequestInfo, new_request_id
+from service.dataplane import JSON, RequestInfo, new_request_id, request_id
 from service.errors import PayloadTooLarge, ServiceError, Unauthorized
 from service.logs import escape
 from service.state import ServiceState
+from service.tracing import carrier_from_pairs
 
 log = logging.getLogger("bnserve")
 
@@ -49,6 +51,20 @@ def request_info(request: Request) -> RequestInfo:
     if info is None:  # only when the app is driven without its middleware
         info = request.scope["bnserve.info"] = RequestInfo(new_request_id())
     return info
+
+
+_MODEL_PATH = re.compile(r"(/v[12]/models/)[^/:]+")
+_VERSION_PATH = re.compile(r"/versions/[^/:]+")
+
+
+def http_route(path: str) -> str:
+    """The route template of a path (``/v2/models/{name}/infer``), for span names of bounded cardinality;
+    empty for paths outside the service's routes."""
+    if path in ("/metrics", "/v2", "/v2/health/live", "/v2/health/ready"):
+        return path
+    if not path.startswith(("/v1/models/", "/v2/models/")):
+        return ""
+    return _MODEL_PATH.sub(r"\1{name}", _VERSION_PATH.sub("/versions/{version}", path), count=1)
 
 
 def _protocol(path: str) -> str:
@@ -83,9 +99,19 @@ class RequestContext:
             return
         started = time.perf_counter()
         headers = dict(scope["headers"])
-        given = headers.get(b"x-request-id", b"").decode("latin-1")
-        info = RequestInfo(given if REQUEST_ID.fullmatch(given) else new_request_id())
+        info = RequestInfo(request_id(headers.get(b"x-request-id", b"").decode("latin-1")))
         scope["bnserve.info"] = info
+        if self.state.tracing is not None:
+            route = http_route(scope["path"])
+            info.trace = self.state.tracing.start(
+                f"{scope['method']} {route}" if route else scope["method"],
+                carrier_from_pairs(scope["headers"]),
+                {
+                    "http.request.method": scope["method"],
+                    "url.path": scope["path"][:200],
+                    "http.route": route,
+                },
+            )
         declared = headers.get(b"content-length")
         if declared is None:
             receive = self._limited(receive)
@@ -166,6 +192,12 @@ class RequestContext:
         self.state.metrics.observe(
             info.model, protocol, status, seconds, info.rows if status == 200 else None
         )
+        if info.trace is not None:
+            # A client's mistake (4xx) is not a server error (OpenTelemetry's rule for server spans).
+            error = f"HTTP {status}" if status >= 500 else None
+            info.trace.finish(
+                info.model, info.version, info.rows, {"http.response.status_code": status}, error
+            )
         access = self.state.access_log
         if access is not None:
             client = scope.get("client")

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", min_length=1, description="Address to bind (0.0.0.0 in Docker).")
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port to listen on.")
+    grpc_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="TCP port of the gRPC server (Open Inference Protocol, GRPCInferenceService); 0 turns gRPC off.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="Logging level of the service and of uvicorn."
     )
@@ -185,6 +191,13 @@ class Settings(BaseSettings):
     def _repository_is_a_directory(cls, value: Path) -> Path:
         if not value.is_dir():
             raise ValueError(f"{value} is not a directory")
+        return value
+
+    @field_validator("grpc_port")
+    @classmethod
+    def _grpc_port_is_not_the_http_port(cls, value: int, info: ValidationInfo) -> int:
+        if value != 0 and value == info.data.get("port"):
+            raise ValueError(f"must differ from the HTTP port {value} (0 turns gRPC off)")
         return value
 
     @field_validator("api_key")

@@ -29,6 +29,7 @@ from service.runtime import ModelRuntime, Observer
 from service.sample import Reservoir
 from service.settings import Settings
 from service.watcher import RepositoryPoller
+from service.tracing import Tracing
 
 log = logging.getLogger("bnserve")
 
@@ -53,6 +54,7 @@ class ServiceState:
     draining: bool = False
     startup_error: str | None = None
     version: str = field(default_factory=package_version)
+    tracing: Tracing | None = None  # request spans, when the OTEL_* variables ask for them
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(workers=self.settings.workers)

@@ -11,8 +11,10 @@ Each request gets one server span, a child of the caller's span when the request
 (HTTP header or gRPC metadata), and a child span per step: ``decode``, ``inference``, ``encode``. The spans
 carry the model's name and version and the number of rows.
 
-When tracing is off no OpenTelemetry module is imported and a request pays for three ``with`` statements on a
-shared null context (:func:`step`), about 0.1 us each (BENCHMARKS.md, "Tracing").
+When tracing is off the SDK is not imported (the API is: FastAPI imports it) and a request pays for a few
+``is None`` tests and three ``with`` statements on a shared null context (:func:`step`); BENCHMARKS.md,
+"Tracing", measures it. FastAPI's own instrumentation is turned off (``service.app``) so that a global tracer
+provider set by someone else cannot add a second set of spans.
 """
 
 from __future__ import annotations
@@ -70,23 +72,28 @@ class RequestTrace:
         """A child span; works from any thread (the parent is explicit, not the thread's current span)."""
         return self._tracer.start_as_current_span(name, context=self._context)
 
-    def model(self, name: str, version: int) -> None:
-        """Record which model (version) answered."""
-        self.span.set_attribute(MODEL_NAME, name)
-        self.span.set_attribute(MODEL_VERSION, str(version))
-
-    def rows(self, rows: int) -> None:
-        """Record the batch size."""
-        self.span.set_attribute(ROWS, rows)
-
-    def end(self, attributes: Mapping[str, Any], error: str | None = None) -> None:
-        """Close the span with its outcome; ``error`` marks it failed (server-side failures only)."""
+    def finish(
+        self,
+        model: str,
+        version: int | None,
+        rows: int | None,
+        attributes: Mapping[str, Any],
+        error: str | None = None,
+    ) -> None:
+        """Close the span with the model that answered, the rows, the outcome; ``error`` marks it failed."""
         from opentelemetry.trace import Status, StatusCode
 
-        self.span.set_attributes(attributes)
+        span = self.span
+        if model:
+            span.set_attribute(MODEL_NAME, model)
+        if version is not None:
+            span.set_attribute(MODEL_VERSION, str(version))
+        if rows is not None:
+            span.set_attribute(ROWS, rows)
+        span.set_attributes(attributes)
         if error is not None:
-            self.span.set_status(Status(StatusCode.ERROR, error))
-        self.span.end()
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end()
 
 
 class Tracing:

@@ -89,7 +89,7 @@ def _dict(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _bool(value: Any, what: str) -> bool:
+def check_bool(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
         raise BadRequest(f"{what} must be true or false, got {describe(value)}")
     return value
@@ -121,7 +121,7 @@ def parse_infer_request(
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest(f"'id' must be a string, got {describe(request_id)}")
     parameters = _dict(request.get("parameters"), "'parameters'")
-    binary_default = _bool(parameters.get("binary_data_output", False), "parameter 'binary_data_output'")
+    binary_default = check_bool(parameters.get("binary_data_output", False), "parameter 'binary_data_output'")
 
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not inputs:
@@ -131,34 +131,28 @@ def parse_infer_request(
             f"model {model.name!r} takes one input tensor {contract.INPUT_NAME!r}, got {len(inputs)}"
         )
     x = _decode_input(inputs[0], model, max_rows, binary, header_length is not None, has_literals(head))
-    outputs = _requested_outputs(request.get("outputs"), model, binary_default)
+    outputs = requested_outputs(request.get("outputs"), model, binary_default)
     return InferRequest(x=x, outputs=outputs, id=request_id)
 
 
-def _decode_input(
-    tensor: Any,
-    model: ModelRuntime,
-    max_rows: int,
-    binary: memoryview,
-    has_binary_header: bool,
-    booleans_possible: bool = True,
-) -> np.ndarray:
-    if not isinstance(tensor, dict):
-        raise BadRequest(f"an input tensor must be an object, got {describe(tensor)}")
-    name = tensor.get("name")
+def check_input_header(
+    name: Any, datatype: Any, shape: Any, model: ModelRuntime, max_rows: int
+) -> tuple[int, int]:
+    """Name, datatype and shape of the one input tensor, whatever the wire (JSON or gRPC); (rows, features).
+
+    :class:`BadRequest` naming what is wrong, :class:`PayloadTooLarge` for too many rows.
+    """
     if name != contract.INPUT_NAME:
         shown = repr(name[:64]) if isinstance(name, str) else describe(name)
         raise BadRequest(
             f"unknown input {shown}; model {model.name!r} takes one input {contract.INPUT_NAME!r}"
         )
-    datatype = tensor.get("datatype")
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         shown = repr(datatype[:16]) if isinstance(datatype, str) else describe(datatype)
         kind = "unsupported" if isinstance(datatype, str) and datatype in _KNOWN_UNSUPPORTED else "unknown"
         raise BadRequest(
             f"input 'input' has {kind} datatype {shown}; expected FP32 (FP16, FP64, INT*, UINT* are converted)"
         )
-    shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(_whole(d) and d >= 0 for d in shape):
         raise BadRequest("input 'input': 'shape' must be a list of non-negative integers")
     shape = [int(d) for d in shape]
@@ -172,6 +166,24 @@ def _decode_input(
         raise BadRequest("empty batch: the input has 0 rows")
     if n_rows > max_rows:
         raise PayloadTooLarge(f"{n_rows} rows exceed the limit of {max_rows} rows per request")
+    return n_rows, n_cols
+
+
+def _decode_input(
+    tensor: Any,
+    model: ModelRuntime,
+    max_rows: int,
+    binary: memoryview,
+    has_binary_header: bool,
+    booleans_possible: bool = True,
+) -> np.ndarray:
+    if not isinstance(tensor, dict):
+        raise BadRequest(f"an input tensor must be an object, got {describe(tensor)}")
+    datatype = tensor.get("datatype")
+    shape = tensor.get("shape")
+    n_rows, n_cols = check_input_header(tensor.get("name"), datatype, shape, model, max_rows)
+    datatype = str(datatype)  # one of DATATYPES: checked above
+    shape = [n_rows, n_cols]
 
     parameters = _dict(tensor.get("parameters"), "input 'input' parameters")
     size = parameters.get("binary_data_size")
@@ -228,7 +240,7 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
-def _requested_outputs(
+def requested_outputs(
     requested: Any, model: ModelRuntime, binary_default: bool
 ) -> tuple[tuple[str, bool], ...]:
     if requested is None or requested == []:
@@ -255,7 +267,7 @@ def _requested_outputs(
         parameters = _dict(item.get("parameters"), f"output {name!r} parameters")
         if "classification" in parameters:
             raise BadRequest("the classification extension is not supported; ask for 'probabilities' instead")
-        binary = _bool(
+        binary = check_bool(
             parameters.get("binary_data", binary_default), f"output {name!r} parameter 'binary_data'"
         )
         chosen.append((name, binary))

@@ -18,8 +18,8 @@ import numpy as np
 
 import contract
 from service import proto, v2
-from service.decoding import to_float32_rows
-from service.errors import BadRequest, PayloadTooLarge
+from service.decoding import check_bounds, to_float32_rows
+from service.errors import BadRequest
 from service.runtime import ModelRuntime
 
 #: The ``InferTensorContents`` field that carries each datatype (FP16 has none: raw only), and its dtype.
@@ -92,9 +92,9 @@ def parse_infer_request(request: Any, model: ModelRuntime, max_rows: int) -> v2.
 
     binary_default = bool(raw)  # answer in kind unless asked otherwise
     if "binary_data_output" in parameters:
-        binary_default = v2._bool(parameters["binary_data_output"], "parameter 'binary_data_output'")
+        binary_default = v2.check_bool(parameters["binary_data_output"], "parameter 'binary_data_output'")
     requested = [{"name": o.name, "parameters": _parameters(o.parameters)} for o in request.outputs]
-    outputs = v2._requested_outputs(requested, model, binary_default)
+    outputs = v2.requested_outputs(requested, model, binary_default)
     if len({as_binary for _, as_binary in outputs}) > 1:
         raise BadRequest(
             "a gRPC response carries every output raw or every output typed: the outputs' binary_data "
@@ -103,39 +103,10 @@ def parse_infer_request(request: Any, model: ModelRuntime, max_rows: int) -> v2.
     return v2.InferRequest(x=x, outputs=outputs, id=request.id or None)
 
 
-def check_input_header(
-    name: str, datatype: str, shape: list[int], model: ModelRuntime, max_rows: int
-) -> tuple[int, int]:
-    """Name, datatype and shape of the input tensor, checked as V2 JSON checks them; (rows, features)."""
-    if name != contract.INPUT_NAME:
-        raise BadRequest(
-            f"unknown input {name[:64]!r}; model {model.name!r} takes one input {contract.INPUT_NAME!r}"
-        )
-    if datatype not in v2.DATATYPES:
-        kind = "unsupported" if datatype in v2._KNOWN_UNSUPPORTED else "unknown"
-        raise BadRequest(
-            f"input 'input' has {kind} datatype {datatype[:16]!r}; expected FP32 (FP16, FP64, INT*, UINT* are "
-            "converted)"
-        )
-    if any(d < 0 for d in shape):
-        raise BadRequest("input 'input': 'shape' must be a list of non-negative integers")
-    n_features = model.n_features
-    if len(shape) != 2:
-        raise BadRequest(f"input 'input' must have shape [N, {n_features}], got {shape[:8]}")
-    n_rows, n_cols = shape
-    if n_cols != n_features:
-        raise BadRequest(f"expected {n_features} features per row, got {n_cols} (shape {shape})")
-    if n_rows == 0:
-        raise BadRequest("empty batch: the input has 0 rows")
-    if n_rows > max_rows:
-        raise PayloadTooLarge(f"{n_rows} rows exceed the limit of {max_rows} rows per request")
-    return n_rows, n_cols
-
-
 def _decode_input(tensor: Any, raw: bytes | None, model: ModelRuntime, max_rows: int) -> np.ndarray:
     """One input tensor (header + raw bytes or typed contents) -> finite float32 rows (N, F)."""
     shape = list(tensor.shape)
-    n_rows, n_cols = check_input_header(tensor.name, tensor.datatype, shape, model, max_rows)
+    n_rows, n_cols = v2.check_input_header(tensor.name, tensor.datatype, shape, model, max_rows)
     datatype = tensor.datatype
     if raw is not None:
         if tensor.HasField("contents"):
@@ -162,8 +133,13 @@ def _decode_input(tensor: Any, raw: bytes | None, model: ModelRuntime, max_rows:
         raise BadRequest(
             f"shape {shape} needs {n_rows * n_cols} values but contents.{field} has {len(values)}"
         )
-    array = np.fromiter(values, dtype=_FIELD_DTYPE[field], count=len(values))
-    return to_float32_rows(array.reshape(n_rows, n_cols))  # (N, F)
+    array = np.fromiter(values, dtype=_FIELD_DTYPE[field], count=len(values)).reshape(
+        n_rows, n_cols
+    )  # (N, F)
+    bounds = v2.BOUNDS.get(datatype)
+    if bounds is not None:  # int_contents carries INT8 and INT16 too: the declared range, as for JSON
+        check_bounds(array, bounds)
+    return to_float32_rows(array)
 
 
 def encode_infer_response(
@@ -171,6 +147,7 @@ def encode_infer_response(
 ) -> Any:
     """The ``ModelInferResponse``: the requested outputs, raw or typed as the request decided."""
     datatypes = {spec.name: spec.datatype for spec in model.output_specs}
+    datatypes.update(dict.fromkeys(model.hidden_output_names, "FP32"))
     response = proto.ModelInferResponse(model_name=model.name, model_version=str(model.version))
     if request.id is not None:
         response.id = request.id

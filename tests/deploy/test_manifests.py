@@ -76,12 +76,18 @@ class Image:
         instructions = dockerfile_instructions()
         exposed = [a for k, a in instructions if k == "EXPOSE"]
         assert len(exposed) == 1, f"expected one EXPOSE, got {exposed}"
-        self.port = int(exposed[0].split("/")[0])
+        ports = {int(p.split("/")[0]) for p in exposed[0].split()}
         env: dict[str, str] = {}
         for k, a in instructions:
             if k == "ENV":
                 env.update(item.split("=", 1) for item in shlex.split(a) if "=" in item)
         self.env = env
+        #: HTTP and gRPC: where the image's environment tells the service to listen, and what it EXPOSEs.
+        self.port = int(env[f"{ENV_PREFIX}PORT"])
+        self.grpc_port = int(env[f"{ENV_PREFIX}GRPC_PORT"])
+        assert ports == {self.port, self.grpc_port}, (
+            f"EXPOSE {sorted(ports)}: expected the HTTP and gRPC ports"
+        )
         users = [a for k, a in instructions if k == "USER"]
         uid, _, gid = users[-1].partition(":")
         self.uid, self.gid = int(uid), int(gid or uid)
@@ -202,22 +208,26 @@ def test_inferenceservice_is_a_kserve_v2_custom_predictor(image: Image) -> None:
     assert container["name"] == "kserve-container"
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
     assert env.get("PROTOCOL") == "v2", "custom predictors declare their protocol in the PROTOCOL variable"
-    # KServe routes to the first declared port (8080 only when none is); Knative accepts one, named http1/h2c.
-    assert len(container["ports"]) == 1
+    # KServe routes to the first declared port (8080 only when none is): HTTP, named http1 as Knative wants.
     assert container["ports"][0]["containerPort"] == image.port
     assert container["ports"][0]["name"] in ("http1", "h2c")
     mode = isvc["metadata"].get("annotations", {}).get("serving.kserve.io/deploymentMode")
     assert mode in (None, "Serverless", "Knative", "RawDeployment", "Standard")
+    if len(container["ports"]) > 1:  # Knative (serverless) refuses a second port
+        assert mode in ("RawDeployment", "Standard")
+        assert [p["containerPort"] for p in container["ports"][1:]] == [image.grpc_port]
 
 
 # ---- consistency with the image and the service ------------------------------------------------------------------
 @pytest.mark.parametrize("workload", WORKLOADS)
-def test_port_matches_the_image(workload: str, image: Image) -> None:
+def test_ports_match_the_image(workload: str, image: Image) -> None:
     container = serving_container(WORKLOADS[workload]())
-    assert [p["containerPort"] for p in container["ports"]] == [image.port]
-    assert int(image.env[f"{ENV_PREFIX}PORT"]) == image.port, "the image listens where it EXPOSEs"
+    assert [p["containerPort"] for p in container["ports"]] == [image.port, image.grpc_port]
+    assert container["ports"][1]["name"] == "grpc"
+    assert image.grpc_port == Settings.model_fields["grpc_port"].default, "the image keeps the default"
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
     assert env.get(f"{ENV_PREFIX}PORT", str(image.port)) == str(image.port)
+    assert env.get(f"{ENV_PREFIX}GRPC_PORT", str(image.grpc_port)) == str(image.grpc_port)
     assert env.get(f"{ENV_PREFIX}HOST", image.env[f"{ENV_PREFIX}HOST"]) == "0.0.0.0"
 
 
@@ -278,6 +288,9 @@ def test_service_selects_the_deployment_pods_on_their_port() -> None:
     for port in service["spec"]["ports"]:
         target = port["targetPort"]
         assert target in port_names or target in {p["containerPort"] for p in container["ports"]}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == port_names, "HTTP and gRPC both reachable"
+    (grpc_port,) = [p for p in service["spec"]["ports"] if p["targetPort"] == "grpc"]
+    assert grpc_port["appProtocol"] == "kubernetes.io/h2c"
 
 
 def test_metrics_annotations_point_at_the_container(image: Image, routes: set[str]) -> None:

@@ -7,7 +7,9 @@ answers to the same mistakes: same words, the gRPC status of the same class.
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,10 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
-from service import proto
+from benchmarks.harness import free_port
+from service import dataplane, proto
+from service.auth import ApiKey
+from service.grpc_server import GrpcServer
 from service.lifecycle import ModelManager
 from tests.service.conftest import Repo
 from tests.service.grpc_harness import GrpcService, serve_grpc
@@ -218,6 +223,22 @@ def test_errors(service: GrpcService, request_: Any, code: grpc.StatusCode, phra
     assert error.code() == code and phrase in error.details(), (error.code(), error.details())
 
 
+def test_typed_contents_keep_the_declared_range(service: GrpcService) -> None:
+    request = proto.ModelInferRequest(model_name="house")
+    request.inputs.add(name="input", datatype="INT8", shape=[1, 3]).contents.int_contents.extend([1, 1000, 3])
+    error = error_of(service, "ModelInfer", request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        error.details()
+        == "value at row 0, column 1 is 1000, outside the declared datatype's range [-128, 127]"
+    )
+    rest = service.http.post(
+        "/v2/models/house/infer",
+        json={"inputs": [{"name": "input", "shape": [1, 3], "datatype": "INT8", "data": [1, 1000, 3]}]},
+    )
+    assert rest.status_code == 400 and rest.json()["error"] == error.details()
+
+
 def test_typed_contents_errors(service: GrpcService) -> None:
     request = proto.ModelInferRequest(model_name="house")
     request.inputs.add(name="input", datatype="FP32", shape=[1, 3]).contents.fp64_contents.extend([1, 2, 3])
@@ -267,21 +288,61 @@ def test_bearer_key_guards_what_http_guards(repo: Repo) -> None:
         assert call(service, "ModelReady", proto.ModelReadyRequest(name="digits"))[0].ready
 
 
-def test_draining_refuses_new_inferences(repo: Repo) -> None:
-    with serve_grpc(repo.root) as service:
-        service.begin_shutdown()
-        error = error_of(service, "ModelInfer", _infer())
-        assert error.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in error.details()
-        assert not call(service, "ServerReady", proto.ServerReadyRequest())[0].ready
+def test_shutdown_drains_rpcs_in_flight_and_refuses_new_ones(
+    repo: Repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+    real = dataplane.infer_grpc
+
+    def held(*args: Any) -> Any:  # an inference that waits for the test's word, on an inference thread
+        entered.set()
+        assert release.wait(10)
+        return real(*args)
+
+    monkeypatch.setattr(dataplane, "infer_grpc", held)
+    with serve_grpc(repo.root, graceful_timeout=10) as service:
+        request_class, response_class = proto.METHODS["ModelInfer"]
+        with grpc.insecure_channel(service.address) as channel:
+            infer = channel.unary_unary(
+                proto.method_path("ModelInfer"),
+                request_serializer=request_class.SerializeToString,
+                response_deserializer=response_class.FromString,
+            )
+            in_flight = infer.future(_infer(), timeout=30)
+            assert entered.wait(10)
+            service.state.begin_shutdown()  # what SIGTERM does
+            refused = error_of(service, "ModelInfer", _infer())
+            assert refused.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in refused.details()
+            assert not call(service, "ServerReady", proto.ServerReadyRequest())[0].ready
+            assert call(service, "ServerLive", proto.ServerLiveRequest())[0].live
+            release.set()
+            assert in_flight.result(timeout=30).model_name == "digits"
 
 
 # ---- the model repository extension ------------------------------------------------------------------------------
+@contextmanager
+def repository_server(root: Path, manager: ModelManager) -> Iterator[GrpcService]:
+    """The app (gRPC off) plus a GrpcServer of its own with the model manager as its repository API."""
+    with serve_grpc(root, grpc_port=0) as service:
+        port = free_port()
+        state = service.state
+        state.settings = state.settings.model_copy(update={"grpc_port": port})
+        server = GrpcServer(state, ApiKey(None), repository_api=manager)
+        portal = service.http.portal
+        assert portal is not None
+        portal.call(server.start)
+        try:
+            yield GrpcService(f"127.0.0.1:{port}", service.http, state.settings, state)
+        finally:
+            portal.call(server.stop)
+
+
 def test_repository_rpcs_answer_through_the_model_manager(repo: Repo, tmp_path: Path) -> None:
     root = tmp_path / "models"
     shutil.copytree(repo.root, root)
     manager = ModelManager(root=root, mode="explicit")
     manager.start()
-    with serve_grpc(root, repository_api=manager) as service:
+    with repository_server(root, manager) as service:
         index, _ = call(service, "RepositoryIndex", proto.RepositoryIndexRequest())
         assert [(m.name, m.version, m.state, m.reason) for m in index.models] == [
             (e["name"], e.get("version", ""), e["state"], e["reason"]) for e in manager.index()
@@ -297,7 +358,7 @@ def test_repository_rpcs_answer_through_the_model_manager(repo: Repo, tmp_path: 
         assert error.code() == grpc.StatusCode.NOT_FOUND and "no model 'nope'" in error.details()
     off = ModelManager(root=root, mode="none")
     off.start()
-    with serve_grpc(root, repository_api=off) as service:
+    with repository_server(root, off) as service:
         assert error_of(service, "RepositoryIndex", proto.RepositoryIndexRequest()).code() == (
             grpc.StatusCode.PERMISSION_DENIED
         )

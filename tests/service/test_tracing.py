@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import grpc
@@ -113,3 +116,50 @@ def test_an_exporter_that_is_not_installed_is_a_readable_error() -> None:
         Tracing.from_env("1", {"OTEL_TRACES_EXPORTER": "zipkin"})
     with pytest.raises(TracingError, match="unsupported OTLP protocol 'http/json'"):
         Tracing.from_env("1", {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
+
+
+def test_http_inference_span_and_its_steps(traced: GrpcService, exporter: InMemorySpanExporter) -> None:
+    exporter.clear()
+    body = {"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": [0.5] * 128}]}
+    response = traced.http.post(
+        "/v2/models/digits/versions/1/infer", json=body, headers={"traceparent": TRACEPARENT}
+    )
+    assert response.status_code == 200
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    root_name = "POST /v2/models/{name}/versions/{version}/infer"
+    assert sorted(spans) == sorted([root_name, "decode", "inference", "encode"])
+    root = spans[root_name]
+    assert root.kind == SpanKind.SERVER and root.context.trace_id == TRACE_ID
+    assert root.parent is not None and root.parent.span_id == PARENT_ID
+    attributes = dict(root.attributes or {})
+    assert attributes[tracing.MODEL_NAME] == "digits" and attributes[tracing.MODEL_VERSION] == "1"
+    assert attributes[tracing.ROWS] == 2 and attributes["http.response.status_code"] == 200
+    assert attributes["url.path"] == "/v2/models/digits/versions/1/infer"
+    for name in ("decode", "inference", "encode"):
+        assert spans[name].parent is not None and spans[name].parent.span_id == root.context.span_id
+
+
+def test_v1_and_refused_http_requests_are_traced(traced: GrpcService, exporter: InMemorySpanExporter) -> None:
+    exporter.clear()
+    assert traced.http.post("/v1/models/iris:predict", json={"instances": [[1, 2, 3, 4]]}).status_code == 200
+    assert traced.http.post("/v1/models/iris:predict", json={"instances": [[1, 2]]}).status_code == 400
+    roots = [s for s in exporter.get_finished_spans() if s.name == "POST /v1/models/{name}:predict"]
+    assert [dict(s.attributes or {})["http.response.status_code"] for s in roots] == [200, 400]
+    assert all(s.status.status_code == StatusCode.UNSET for s in roots)
+
+
+def test_tracing_off_imports_no_opentelemetry_sdk(repo: Repo) -> None:
+    """Off (no OTEL_* asking for traces), serving requests never imports the SDK (FastAPI imports the API)."""
+    code = (
+        "import sys; from fastapi.testclient import TestClient; from service.app import create_app; "
+        "from service.settings import Settings; "
+        f"app = create_app(Settings(model_repository={str(repo.root)!r}, grpc_port=0)); "
+        "c = TestClient(app).__enter__(); "
+        "r = c.post('/v1/models/iris:predict', json={'instances': [[1, 2, 3, 4]]}); "
+        "assert r.status_code == 200, r.text; "
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk')))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BNSERVE_"))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
