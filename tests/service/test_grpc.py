@@ -272,6 +272,14 @@ def test_metrics_count_grpc_calls_by_protocol_and_status(service: GrpcService) -
     assert service.metric('bnserve_requests_total{model="",protocol="health",status="200"}') >= 0
 
 
+def test_grpc_rows_feed_the_same_drift_monitor(service: GrpcService) -> None:
+    before = service.rest_json("/v2/models/iris/drift")["rows_seen"]
+    request = proto.ModelInferRequest(model_name="iris", raw_input_contents=[rows(7, 4, 4).tobytes()])
+    request.inputs.add(name="input", datatype="FP32", shape=[7, 4])
+    call(service, "ModelInfer", request)
+    assert service.rest_json("/v2/models/iris/drift")["rows_seen"] == before + 7
+
+
 # ---- authentication and draining --------------------------------------------------------------------------------
 def test_bearer_key_guards_what_http_guards(repo: Repo) -> None:
     with serve_grpc(repo.root, api_key="s3cret") as service:
