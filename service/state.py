@@ -28,8 +28,8 @@ from service.repository import ModelRepository
 from service.runtime import ModelRuntime, Observer
 from service.sample import Reservoir
 from service.settings import Settings
-from service.watcher import RepositoryPoller
 from service.tracing import Tracing
+from service.watcher import RepositoryPoller
 
 log = logging.getLogger("bnserve")
 
