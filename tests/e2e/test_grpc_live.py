@@ -265,3 +265,28 @@ def test_workers_share_the_grpc_port() -> None:
         assert 'bnserve_requests_total{model="digits",protocol="grpc",status="200"} 10.0' in metrics
     finally:
         server.stop()  # exit status not checked: with workers, 2 of 12 stops hang with or without gRPC (report)
+
+
+def test_hidden_layer_outputs_by_name_match_rest(running: Running) -> None:
+    """A hidden layer's pre-activations, asked for by name, are REST's bit for bit."""
+    x = digits_rows(4, seed=5)
+    with triton_grpc.InferenceServerClient(running.address) as client:
+        tensor = triton_grpc.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        got = client.infer("digits", [tensor], outputs=[triton_grpc.InferRequestedOutput("layer0.z")])
+    rest = triton_http.InferenceServerClient(f"127.0.0.1:{running.server.port}", network_timeout=10)
+    try:
+        rest_tensor = triton_http.InferInput("input", list(x.shape), "FP32")
+        rest_tensor.set_data_from_numpy(x, binary_data=True)
+        expected = rest.infer(
+            "digits", [rest_tensor], outputs=[triton_http.InferRequestedOutput("layer0.z", binary_data=True)]
+        ).as_numpy("layer0.z")
+    finally:
+        rest.close()
+    hidden = got.as_numpy("layer0.z")
+    assert (
+        expected is not None
+        and hidden is not None
+        and hidden.shape == expected.shape == (4, expected.shape[1])
+    )
+    assert hidden.tobytes() == expected.tobytes()
