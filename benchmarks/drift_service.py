@@ -57,7 +57,12 @@ def main() -> None:
     logging.getLogger("service.drift").setLevel(logging.ERROR)
     apps = {
         enabled: create_app(
-            Settings(model_repository=args.model_repository, access_log=False, drift_enabled=enabled)
+            Settings(
+                model_repository=args.model_repository,
+                access_log=False,
+                drift_enabled=enabled,
+                grpc_port=0,  # HTTP only: two apps at once, and the default gRPC port may be taken
+            )
         )
         for enabled in (True, False)
     }

@@ -54,7 +54,15 @@ class LiveServer:
     ) -> None:
         self.name = name
         self.port = port if port is not None else free_port()
-        argv = command or [sys.executable, "-m", "service", "--host", HOST, "--port", str(self.port), *args]
+        #: The gRPC port of ``python -m service``: a free one unless ``args`` choose (``--grpc-port 0``: off),
+        #: never the default 8001, which servers started side by side would fight over.
+        self.grpc_port = (
+            free_port() if "--grpc-port" not in args else int(args[list(args).index("--grpc-port") + 1])
+        )
+        grpc = () if "--grpc-port" in args else ("--grpc-port", str(self.grpc_port))
+        argv = command or [
+            sys.executable, "-m", "service", "--host", HOST, "--port", str(self.port), *grpc, *args
+        ]  # fmt: skip
         clean = {k: v for k, v in os.environ.items() if not k.startswith("BNSERVE_")}
         clean.setdefault("OPENBLAS_NUM_THREADS", "1")
         self.proc = subprocess.Popen(

@@ -101,7 +101,19 @@ class Replica:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BNSERVE_")}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service", "--host", HOST, "--port", str(self.port), *self.extra],
+                # gRPC off: two replicas share the machine, and HTTP is what is measured.
+                [
+                    sys.executable,
+                    "-m",
+                    "service",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(self.port),
+                    "--grpc-port",
+                    "0",
+                    *self.extra,
+                ],
                 cwd=ROOT,
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -327,7 +327,9 @@ def asgi_costs(protocol: str = "v2-json", batch: int = 1, calls: int = 2000) -> 
     async def main() -> dict[str, float]:
         out = {"noop": await best(noop_app)}
         for drift in (True, False):
-            settings = Settings(model_repository=MODELS, log_level="warning", drift_enabled=drift, workers=1)
+            settings = Settings(
+                model_repository=MODELS, log_level="warning", drift_enabled=drift, workers=1, grpc_port=0
+            )
             app = create_app(settings)
             async with app.router.lifespan_context(app):
                 out[f"service (drift {'on' if drift else 'off'})"] = await best(app)

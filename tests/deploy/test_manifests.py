@@ -107,7 +107,8 @@ def default_app() -> Any:
     """The app with default settings on the committed models/, whatever BNSERVE_* the environment has."""
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith(ENV_PREFIX)}
     try:
-        return create_app(Settings(model_repository=ROOT / "models"))
+        # gRPC off: the routes do not depend on it, and the default port may be taken on a shared machine.
+        return create_app(Settings(model_repository=ROOT / "models", grpc_port=0))
     finally:
         os.environ.update(saved)
 

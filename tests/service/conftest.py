@@ -180,7 +180,8 @@ def _no_bnserve_environment() -> Iterator[None]:
 
 def settings_for(root: Path, **overrides: object) -> Settings:
     """Settings for a test app serving ``root``."""
-    return Settings(**{"model_repository": root, "access_log": True, **overrides})  # type: ignore[arg-type]
+    # gRPC off unless a test asks: the default port 8001 is one per machine, and tests run side by side.
+    return Settings(**{"model_repository": root, "access_log": True, "grpc_port": 0, **overrides})  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
