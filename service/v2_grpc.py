@@ -136,9 +136,10 @@ def _decode_input(tensor: Any, raw: bytes | None, model: ModelRuntime, max_rows:
     array = np.fromiter(values, dtype=_FIELD_DTYPE[field], count=len(values)).reshape(
         n_rows, n_cols
     )  # (N, F)
-    bounds = v2.BOUNDS.get(datatype)
-    if bounds is not None:  # int_contents carries INT8 and INT16 too: the declared range, as for JSON
-        check_bounds(array, bounds)
+    if (
+        array.dtype.itemsize > v2.DATATYPES[datatype].itemsize
+    ):  # INT8/16 in int_contents, UINT8/16 in uint_...
+        check_bounds(array.astype(np.float64), v2.BOUNDS[datatype])  # the declared range, as for JSON
     return to_float32_rows(array)
 
 

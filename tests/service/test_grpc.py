@@ -308,7 +308,8 @@ def test_shutdown_drains_rpcs_in_flight_and_refuses_new_ones(
         return real(*args)
 
     monkeypatch.setattr(dataplane, "infer_grpc", held)
-    with serve_grpc(repo.root, graceful_timeout=10) as service:
+    # On the inference threads (not inline on the loop), so that the loop answers the other RPCs meanwhile.
+    with serve_grpc(repo.root, graceful_timeout=10, inline_max_bytes=0) as service:
         request_class, response_class = proto.METHODS["ModelInfer"]
         with grpc.insecure_channel(service.address) as channel:
             infer = channel.unary_unary(
