@@ -134,7 +134,7 @@ class InferenceServicer:
         return proto.RepositoryModelUnloadResponse()
 
     def _model(self, name: str, version: str, info: RequestInfo) -> ModelRuntime:
-        model = self.state.model(name, version or None)
+        model = self.state.models().get(name, version or None)
         info.model, info.version = model.name, model.version
         return model
 
