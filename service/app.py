@@ -51,7 +51,8 @@ def create_app(
             state.startup_error = str(exc)
             raise
         await state.start(observers_for)
-        grpc = GrpcServer(state, auth) if settings.grpc_port else None
+        # The repository RPCs answer through the same ModelManager as the REST repository routes.
+        grpc = GrpcServer(state, auth, repository_api=state.manager) if settings.grpc_port else None
         try:
             if grpc is not None:
                 try:

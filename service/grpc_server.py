@@ -20,7 +20,7 @@ finish; when the app's lifespan ends, after uvicorn's HTTP drain, :meth:`GrpcSer
 gives what is still running ``graceful_timeout`` seconds.
 
 Repository RPCs (RepositoryIndex / Load / Unload) answer through a :class:`RepositoryApi` when one is given
-(``service.lifecycle.ModelManager``), and are UNIMPLEMENTED otherwise.
+(the service's ``service.lifecycle.ModelManager``), and are UNIMPLEMENTED otherwise.
 """
 
 from __future__ import annotations

@@ -373,7 +373,15 @@ def test_repository_rpcs_answer_through_the_model_manager(repo: Repo, tmp_path: 
         )
 
 
-def test_repository_rpcs_are_unimplemented_without_a_lifecycle(service: GrpcService) -> None:
-    assert error_of(service, "RepositoryIndex", proto.RepositoryIndexRequest()).code() == (
-        grpc.StatusCode.UNIMPLEMENTED
-    )
+def test_the_apps_repository_rpcs_are_the_rest_routes(repo: Repo, tmp_path: Path) -> None:
+    """The app's gRPC port answers the repository RPCs through the service's own model manager, as REST does."""
+    root = tmp_path / "models"
+    shutil.copytree(repo.root, root)
+    with serve_grpc(root, model_control_mode="explicit", grpc_port=free_port(), workers=1) as service:
+        index, _ = call(service, "RepositoryIndex", proto.RepositoryIndexRequest())
+        rest = service.http.post("/v2/repository/index", json={}).json()
+        assert [(m.name, m.version, m.state) for m in index.models] == [
+            (e["name"], e.get("version", ""), e["state"]) for e in rest
+        ]
+        call(service, "RepositoryModelUnload", proto.RepositoryModelUnloadRequest(model_name="iris"))
+        assert service.http.get("/v2/models/iris/ready").status_code == 404
