@@ -7,24 +7,46 @@ reported in one line on stderr, without a traceback.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
 
 
+def _exit_now(sig: int, frame: FrameType | None) -> None:
+    """SIGINT while the modules import: leave at once. Raising here would not do: inside a C extension's
+    initialisation (onnxruntime's) the exception comes back as an ImportError with a traceback. Nothing is
+    open yet that needs cleaning up."""
+    os._exit(130)
+
+
+_SIGINT_AFTER_SERVING: list[bool] = []
+
+
 def _interrupted(sig: int, frame: FrameType | None) -> None:
-    """SIGINT while the modules import or the settings load: exit quietly (uvicorn handles it later on)."""
-    raise SystemExit(130)
+    """SIGINT while the settings load or the server starts: exit quietly (uvicorn handles it later on).
+
+    uvicorn re-raises the Ctrl-C it handled once it has shut down, still inside its event loop: raising there
+    would cancel the lifespan's clean-up midway (a traceback), so that one is only noted, and ``main``
+    returns 130 after the clean shutdown."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise SystemExit(130) from None
+    _SIGINT_AFTER_SERVING.append(True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the service; returns the process exit code."""
-    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGINT, _exit_now)
     # Imported here, after the handler: importing uvicorn, FastAPI and onnxruntime takes a while.
     from service.logs import configure_logging
     from service.server import serve
     from service.settings import SettingsError, load_settings
+
+    signal.signal(signal.SIGINT, _interrupted)
 
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
@@ -32,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"bnserve: {exc}\n")
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    return serve(settings)
+    code = serve(settings)
+    return 130 if _SIGINT_AFTER_SERVING else code
 
 
 if __name__ == "__main__":
