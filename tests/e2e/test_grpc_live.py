@@ -220,9 +220,12 @@ def test_console_traces_carry_the_callers_trace_on_both_protocols() -> None:
     trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     traceparent = f"00-{trace_id}-{parent}-01"
     grpc_port = free_port()
+    # One process: with a worker per CPU the two spans may come from two workers, in either order.
     server = LiveServer(
         "--model-repository",
         str(MODELS),
+        "--workers",
+        "1",
         "--grpc-port",
         str(grpc_port),
         env={"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "100"},
