@@ -10,9 +10,11 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md contract.py featurestats.py ./
 COPY service/ service/
-# The distribution declares the training package too; the image gets its empty marker only, removed below.
+# The distribution declares the training packages too (training, training.data); the image gets their empty
+# markers only, removed below.
 COPY training/__init__.py training/
-RUN /opt/venv/bin/pip install --no-cache-dir --no-compile . \
+RUN mkdir -p training/data \
+ && /opt/venv/bin/pip install --no-cache-dir --no-compile . \
  && rm -rf /opt/venv/lib/python3*/site-packages/training \
  && /opt/venv/bin/python -c "import service.app, contract, featurestats; import importlib.util as u; assert u.find_spec('onnx') is None"
 
