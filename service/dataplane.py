@@ -1,11 +1,12 @@
 """The data plane: request bytes -> float32 rows -> the model -> response bytes, per protocol. No HTTP here.
 
-Each protocol is one function of the model, the request's bytes and the few transport facts it needs (the
-content coding, the V2 binary header length), returning a :class:`Reply`; errors are the typed
-:mod:`service.errors`. The HTTP routes call them, and so can any other transport. :class:`Offload` decides
-where that blocking work runs: on the inference threads by default, on the event loop for small bodies when
-``BNSERVE_INLINE_MAX_BYTES`` asks for it. Each step (decode, inference, encode) is a child span of the
-request's when the request is traced (:mod:`service.tracing`; a shared no-op otherwise).
+Each protocol is one ``decode_*`` function of the model, the request's bytes and the few transport facts it
+needs (the content coding, the V2 binary header length), returning the request's rows and how to encode its
+answer (a :class:`Decoded`); errors are the typed :mod:`service.errors`. The HTTP routes and the gRPC server
+hand them to :meth:`Offload.infer`, which decides where the work runs: small bodies on the event loop, their
+rows batched with the other requests of the same loop iteration (:mod:`service.batching`), larger ones whole
+on the inference threads. Each step (decode, inference, encode) is a child span of the request's when the
+request is traced (:mod:`service.tracing`; a shared no-op otherwise).
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
+
+import numpy as np
 
 from service import v1, v2, v2_grpc
+from service.batching import Batcher
 from service.errors import BadRequest, PayloadTooLarge
 from service.runtime import ModelRuntime
 from service.tracing import RequestTrace, step
@@ -114,74 +118,137 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
             raise BadRequest(f"the {coding} body has {len(rest)} bytes of garbage after its end")
 
 
-def infer_v2(
+@dataclass
+class Decoded(Generic[T]):
+    """A decoded request: its model, its float32 rows, the hidden outputs it names, and how to encode its answer
+    from the model's outputs."""
+
+    model: ModelRuntime
+    x: np.ndarray  # (N, F)
+    hidden: list[str]
+    encode: Callable[[dict[str, np.ndarray]], T]
+
+
+def decode_v2(
     model: ModelRuntime,
     body: bytes,
     encoding: str | None,
     header_length: str | None,
     limits: Limits,
     info: RequestInfo,
-) -> Reply:
+) -> Decoded[Reply]:
     """Open Inference Protocol (V2) ``infer``: JSON or binary tensors in, the requested outputs out."""
     with step(info.trace, "decode"):
         body = decompress(body, encoding, limits.max_body_bytes)
         request = v2.parse_infer_request(body, header_length, model, limits.max_batch_rows)
     info.rows = len(request.x)
     hidden = [name for name, _ in request.outputs if name in model.hidden_output_names]  # asked for by name
-    with step(info.trace, "inference"):
-        results = model.predict(request.x, hidden)
-    with step(info.trace, "encode"):
-        content, headers = v2.encode_infer_response(model, request, results)
-    return Reply(content, headers)
+
+    def encode(results: dict[str, np.ndarray]) -> Reply:
+        with step(info.trace, "encode"):
+            content, headers = v2.encode_infer_response(model, request, results)
+        return Reply(content, headers)
+
+    return Decoded(model, request.x, hidden, encode)
 
 
-def infer_grpc(model: ModelRuntime, request: Any, limits: Limits, info: RequestInfo) -> Any:
+def decode_grpc(model: ModelRuntime, request: Any, limits: Limits, info: RequestInfo) -> Decoded[Any]:
     """Open Inference Protocol over gRPC ``ModelInfer``: a ``ModelInferRequest`` in, its response out."""
     with step(info.trace, "decode"):
         decoded = v2_grpc.parse_infer_request(request, model, limits.max_batch_rows)
     info.rows = len(decoded.x)
     hidden = [name for name, _ in decoded.outputs if name in model.hidden_output_names]  # asked for by name
-    with step(info.trace, "inference"):
-        results = model.predict(decoded.x, hidden)
-    with step(info.trace, "encode"):
-        return v2_grpc.encode_infer_response(model, decoded, results)
+
+    def encode(results: dict[str, np.ndarray]) -> Any:
+        with step(info.trace, "encode"):
+            return v2_grpc.encode_infer_response(model, decoded, results)
+
+    return Decoded(model, decoded.x, hidden, encode)
 
 
-def predict_v1(
+def decode_v1(
     model: ModelRuntime, body: bytes, encoding: str | None, limits: Limits, info: RequestInfo
-) -> Reply:
+) -> Decoded[Reply]:
     """V1 ``:predict``: ``{"instances": ...}`` in, ``{"predictions": ...}`` out."""
     with step(info.trace, "decode"):
         body = decompress(body, encoding, limits.max_body_bytes)
         x = v1.parse_predict_request(body, model, limits.max_batch_rows)
     info.rows = len(x)
+
+    def encode(results: dict[str, np.ndarray]) -> Reply:
+        with step(info.trace, "encode"):
+            return Reply(v1.encode_predict_response(model, results), {"Content-Type": JSON})
+
+    return Decoded(model, x, [], encode)
+
+
+def _whole(decode: Callable[..., Decoded[T]], info: RequestInfo, *args: Any) -> T:
+    """Decode, predict and encode in one go (on an inference thread)."""
+    decoded = decode(*args)
     with step(info.trace, "inference"):
-        results = model.predict(x)
-    with step(info.trace, "encode"):
-        return Reply(v1.encode_predict_response(model, results), {"Content-Type": JSON})
+        results = decoded.model.predict(decoded.x, decoded.hidden)
+    return decoded.encode(results)
+
+
+def infer_v2(
+    model: ModelRuntime, body: bytes, encoding: str | None, header_length: str | None, limits: Limits,
+    info: RequestInfo,
+) -> Reply:  # fmt: skip
+    """:func:`decode_v2`, the model and the encoding, in one synchronous call (no batching)."""
+    return _whole(decode_v2, info, model, body, encoding, header_length, limits, info)
+
+
+def infer_grpc(model: ModelRuntime, request: Any, limits: Limits, info: RequestInfo) -> Any:
+    """:func:`decode_grpc`, the model and the encoding, in one synchronous call (no batching)."""
+    return _whole(decode_grpc, info, model, request, limits, info)
+
+
+def predict_v1(
+    model: ModelRuntime, body: bytes, encoding: str | None, limits: Limits, info: RequestInfo
+) -> Reply:
+    """:func:`decode_v1`, the model and the encoding, in one synchronous call (no batching)."""
+    return _whole(decode_v1, info, model, body, encoding, limits, info)
 
 
 class Offload:
-    """Where the blocking part of an inference (decoding, onnxruntime, encoding) runs.
+    """Where the parts of an inference run: decoding and encoding, and the model.
 
-    On a plain thread pool, off the event loop: a cheaper hop than anyio's worker threads, and the hop there
-    and back is the largest fixed cost of a batch-1 request (measured ~65 us against ~95 us through
-    starlette's ``run_in_threadpool``). Only when ``inline_max_bytes`` is set do uncompressed bodies no larger
-    than it run on the loop: their whole work (~0.1-0.3 ms) costs less than the hop, which takes two thread
-    wake-ups and a GIL hand-off.
+    Small uncompressed bodies (up to ``inline_max_bytes``) are decoded and encoded on the event loop, where
+    their work (~0.1 ms) costs less than the hop to a thread and back (two thread wake-ups and a GIL hand-off,
+    ~65 us), and their rows go through the :class:`~service.batching.Batcher`: the requests that reach the
+    model in the same loop iteration share one onnxruntime run. Larger or compressed ones run whole (decode,
+    onnxruntime, encode) on a plain thread pool, off the event loop: their own rows already make a batch.
+    ``batching=False`` gives each inline request its own run.
     """
 
-    def __init__(self, inline_max_bytes: int, threads: int | None = None) -> None:
+    def __init__(self, inline_max_bytes: int, threads: int | None = None, batching: bool = True) -> None:
         self.inline_max_bytes = inline_max_bytes
         self._executor = ThreadPoolExecutor(
             max_workers=threads or max(2, os.cpu_count() or 1), thread_name_prefix="infer"
         )
+        self.batcher = Batcher(self._executor) if batching else None
 
-    async def run(self, body_size: int, compressed: bool, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)``, on the loop or on the inference threads, by the size and coding of the body."""
+    async def infer(
+        self,
+        body_size: int,
+        compressed: bool,
+        decode: Callable[..., Decoded[T]],
+        info: RequestInfo,
+        *args: Any,
+    ) -> T:
+        """``decode(*args)``, the model on its rows, and the encoded answer, on the loop or on the inference
+        threads, by the size and coding of the body."""
         if self.inline_max_bytes and not compressed and body_size <= self.inline_max_bytes:
-            return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+            decoded = decode(*args)
+            with step(info.trace, "inference"):
+                if self.batcher is None:
+                    results = decoded.model.predict(decoded.x, decoded.hidden)
+                else:
+                    results = await self.batcher.infer(decoded.model, decoded.x, decoded.hidden)
+            return decoded.encode(results)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(_whole, decode, info, *args)
+        )
 
     def close(self) -> None:
         """Let the running calls finish, then stop the threads."""

@@ -111,8 +111,8 @@ class InferenceServicer:
         model = self._model(request.model_name, request.model_version, info)
         offload = self.state.offload
         assert offload is not None, "ServiceState.start creates it before the server starts"
-        return await offload.run(
-            request.ByteSize(), False, dataplane.infer_grpc, model, request, self.state.limits, info
+        return await offload.infer(
+            request.ByteSize(), False, dataplane.decode_grpc, info, model, request, self.state.limits, info
         )
 
     # The repository API scans the disk and loads models: blocking work, on a worker thread.

@@ -7,9 +7,9 @@ Norm's output; ``bnserve.hidden_stats``) and can return those tensors as extra g
 hidden layer, over its units: per-unit PSI and mean shift, and a score per layer (the largest PSI over its
 units), with the same estimators, horizons and threshold as the inputs.
 
-The hidden outputs are computed on the feeder thread, by a second ``session.run`` over the rows of a whole
-burst (the graph is re-run rather than asked for the hidden tensors on the request path, so a request pays
-nothing for them; ``benchmarks/drift.py`` measures the cost).
+The service feeds the monitor the hidden outputs of the very run that served the rows (the graph computes
+them anyway; asking onnxruntime for them costs a copy, where a second run on the feeder thread cost as much
+as the first); the statistics are updated on the feeder thread (``benchmarks/drift.py`` measures the cost).
 """
 
 from __future__ import annotations
@@ -51,9 +51,12 @@ class ModelDriftMonitor(DriftMonitor):
         name: str = "model",
         hidden_outputs: HiddenOutputs | None = None,
         shared: Path | None = None,
+        layers: bool | None = None,
     ) -> None:
         """``shared``: the inputs' state file shared by the workers (see :class:`DriftMonitor`); each layer
-        keeps its own beside it, ``<shared>.<layer>``."""
+        keeps its own beside it, ``<shared>.<layer>``. ``layers``: watch the hidden layers (by default when
+        ``hidden_outputs`` is given); they are then fed by :meth:`update_layers`, or by :meth:`update`
+        through ``hidden_outputs``."""
         super().__init__(contract.input_stats, contract.feature_names, config, name=name, shared=shared)
         self._hidden_outputs = hidden_outputs
         self.layers = (
@@ -71,17 +74,23 @@ class ModelDriftMonitor(DriftMonitor):
                 )
                 for h in contract.hidden_stats
             ]
-            if hidden_outputs is not None
+            if (hidden_outputs is not None if layers is None else layers)
             else []
         )
 
     def update(self, x: np.ndarray) -> None:
         """Fold a batch of served rows into the input statistics and each hidden layer's."""
-        super().update(x)
         if not self.layers or not len(x):
+            super().update(x)
             return
-        assert self._hidden_outputs is not None
-        outputs = self._hidden_outputs(np.asarray(x, dtype=np.float32))
+        if self._hidden_outputs is None:
+            raise ValueError("this monitor is fed its hidden layers' outputs: call update_layers")
+        self.update_layers(x, self._hidden_outputs(np.asarray(x, dtype=np.float32)))
+
+    def update_layers(self, x: np.ndarray, outputs: Sequence[np.ndarray]) -> None:
+        """Fold a batch of served rows and each hidden layer's outputs on them (``(n, units)`` per layer, the
+        graph's own, from the run that served the rows) into the statistics."""
+        super().update(x)
         for layer, z in zip(self.layers, outputs, strict=True):
             layer.monitor.update(z)
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
-from service.runtime import Observer
+from service.runtime import LayerObserver, Observer
 
 log = logging.getLogger("bnserve.observers")
 
@@ -37,7 +39,8 @@ class ObserverFeeder:
         self._max_pending = max_pending
         self._linger = linger
         self._lock = threading.Lock()
-        self._pending: list[tuple[Observer, np.ndarray, str]] = []  # in arrival order
+        # (observer, rows, hidden layers' outputs or None, what), in arrival order
+        self._pending: list[tuple[Any, np.ndarray, Sequence[np.ndarray] | None, str]] = []
         self._draining_scheduled = False
         self.skipped_rows = 0
 
@@ -45,22 +48,34 @@ class ObserverFeeder:
         """``observe``, run on the feeder thread, whichever thread the inference ran on."""
 
         def fed(x: np.ndarray) -> None:
-            # A copy: the caller's array may be a view of a buffer it reuses once the response is sent.
-            rows = np.array(x, copy=True)
-            with self._lock:
-                if len(self._pending) >= self._max_pending:
-                    full = True
-                else:
-                    full = False
-                    self._pending.append((observe, rows, what))
-                    wake = not self._draining_scheduled
-                    self._draining_scheduled = True
-            if full:
-                self._skip(len(x), what)
-            elif wake:  # else a drain is queued and will take these rows too
-                self._executor.submit(self._drain)
+            self._hand_over(observe, x, None, what)
 
         return fed
+
+    def wrap_layers(self, observe: LayerObserver, what: str) -> LayerObserver:
+        """A layer observer (rows and the hidden layers' outputs of the same rows), run on the feeder thread."""
+
+        def fed(x: np.ndarray, layers: Sequence[np.ndarray]) -> None:
+            self._hand_over(observe, x, layers, what)
+
+        return fed
+
+    def _hand_over(self, observe: Any, x: np.ndarray, layers: Sequence[np.ndarray] | None, what: str) -> None:
+        # A copy of the rows: the caller's array may be a view of a buffer it reuses once the response is sent.
+        # The layers' outputs are the run's own arrays, which nothing writes to.
+        rows = np.array(x, copy=True)
+        with self._lock:
+            if len(self._pending) >= self._max_pending:
+                full = True
+            else:
+                full = False
+                self._pending.append((observe, rows, layers, what))
+                wake = not self._draining_scheduled
+                self._draining_scheduled = True
+        if full:
+            self._skip(len(x), what)
+        elif wake:  # else a drain is queued and will take these rows too
+            self._executor.submit(self._drain)
 
     def _drain(self) -> None:
         """Run every observer once on all of its pending rows, concatenated in arrival order."""
@@ -68,12 +83,19 @@ class ObserverFeeder:
         with self._lock:
             pending, self._pending = self._pending, []
             self._draining_scheduled = False
-        grouped: dict[int, tuple[Observer, list[np.ndarray], str]] = {}
-        for observe, rows, what in pending:
-            grouped.setdefault(id(observe), (observe, [], what))[1].append(rows)
-        for observe, batches, what in grouped.values():
+        grouped: dict[int, tuple[Any, list[np.ndarray], list[Sequence[np.ndarray]], str]] = {}
+        for observe, rows, layers, what in pending:
+            group = grouped.setdefault(id(observe), (observe, [], [], what))
+            group[1].append(rows)
+            if layers is not None:
+                group[2].append(layers)
+        for observe, batches, layer_batches, what in grouped.values():
             try:
-                observe(batches[0] if len(batches) == 1 else np.concatenate(batches))  # (N, F)
+                x = _join(batches)  # (N, F)
+                if layer_batches:  # per layer, (N, units)
+                    observe(x, [_join(list(z)) for z in zip(*layer_batches, strict=True)])
+                else:
+                    observe(x)
             except Exception:  # an observer must never take the feeder down
                 log.exception("observer of %s failed", what)
 
@@ -96,3 +118,7 @@ class ObserverFeeder:
     def close(self) -> None:
         """Observe what is pending, then stop the thread."""
         self._executor.shutdown(wait=True)
+
+
+def _join(batches: list[np.ndarray]) -> np.ndarray:
+    return batches[0] if len(batches) == 1 else np.concatenate(batches)

@@ -131,8 +131,8 @@ class Endpoints:
         header_length = request.headers.get(v2.HEADER_LENGTH)
         state = self.state
         assert state.offload is not None, "the models load before any inference"
-        reply = await state.offload.run(
-            len(body), encoding is not None, dataplane.infer_v2, model, body, encoding, header_length,
+        reply = await state.offload.infer(
+            len(body), encoding is not None, dataplane.decode_v2, info, model, body, encoding, header_length,
             state.limits, info,
         )  # fmt: skip
         return Response(reply.body, headers=reply.headers)
@@ -144,8 +144,8 @@ class Endpoints:
         encoding = request.headers.get("content-encoding")
         state = self.state
         assert state.offload is not None, "the models load before any inference"
-        reply = await state.offload.run(
-            len(body), encoding is not None, dataplane.predict_v1, model, body, encoding, state.limits, info,
+        reply = await state.offload.infer(
+            len(body), encoding is not None, dataplane.decode_v1, info, model, body, encoding, state.limits, info,
         )  # fmt: skip
         return Response(reply.body, headers=reply.headers)
 

@@ -27,6 +27,8 @@ log = logging.getLogger("bnserve.runtime")
 #: Called with the float32 rows (N, F) of every successful inference, after the outputs are computed. The
 #: service wraps each observer (``ObserverFeeder.wrap``) so that the real work happens on its feeder thread.
 Observer = Callable[[np.ndarray], None]
+#: Called with the rows and each hidden layer's outputs ``(N, units)`` of the same rows.
+LayerObserver = Callable[[np.ndarray, Sequence[np.ndarray]], None]
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ class ModelRuntime:
     input_spec: TensorSpec
     output_specs: tuple[TensorSpec, ...]
     observers: list[Observer] = field(default_factory=list)
+    #: Observers of the rows and the hidden layers' outputs (one array per layer, in
+    #: ``hidden_output_names`` order) computed in the same run: the hidden-layer drift monitor.
+    layer_observers: list[LayerObserver] = field(default_factory=list)
     #: Computed once: ``predict`` runs per request, and a property rebuilding these showed in the profile.
     output_names: tuple[str, ...] = field(init=False)
     #: The hidden layers' outputs (``bnserve.hidden_stats``): computed for a client only when it names them.
@@ -76,33 +81,74 @@ class ModelRuntime:
 
     def predict(self, x: np.ndarray, hidden: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """Run the frozen test-time graph on float32 rows ``x`` (N, F); every output, all finite, plus the
-        hidden outputs named in ``hidden`` (from :attr:`hidden_output_names`) when a client asks for them.
+        hidden outputs named in ``hidden`` (from :attr:`hidden_output_names`) when a client asks for them;
+        then hand the rows to the observers.
 
         Each row is computed independently of the others (BatchNorm is folded into the weights), so a
-        row's result does not depend on the batch it came in.
+        row's result does not depend on the batch it came in: :class:`service.batching.Batcher` relies on it.
         """
+        self.check_rows(x)
+        layers = self.watches_layers
+        names = self.run_names(hidden, layers)
+        results = dict(zip(names, self.session.run(names, {contract.INPUT_NAME: x})))
+        bad = self.first_nonfinite(results, 0, len(x))
+        if bad is not None:
+            raise bad
+        self.observe(x, results if layers else None)
+        if layers:  # what the client asked for, not every hidden layer the observers wanted
+            return {name: results[name] for name in (*self.output_names, *hidden)}
+        return results
+
+    def check_rows(self, x: np.ndarray) -> None:
+        """:class:`BadRequest` unless ``x`` is float32 rows of this model's features."""
         if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != self.n_features:
             raise BadRequest(
                 f"expected float32 rows of {self.n_features} features, got {x.dtype} {list(x.shape)}"
             )
-        names = self._run_names if not hidden else [*self._run_names, *hidden]
-        results = self.session.run(names, {contract.INPUT_NAME: x})
+
+    @property
+    def watches_layers(self) -> bool:
+        """Whether an observer wants the hidden layers' outputs of every served row."""
+        return bool(self.layer_observers) and bool(self.hidden_output_names)
+
+    def run_names(self, hidden: Sequence[str] = (), layers: bool = False) -> list[str]:
+        """The graph outputs to compute: the served ones, the hidden ones a client named, and every hidden one
+        when ``layers`` (for the layer observers: computed in the same run, not in a second one)."""
+        if layers:
+            return [*self._run_names, *self.hidden_output_names]
+        return self._run_names if not hidden else [*self._run_names, *hidden]
+
+    def first_nonfinite(self, results: dict[str, np.ndarray], start: int, stop: int) -> BadRequest | None:
+        """The error for the first non-finite served output among rows ``start:stop`` (numbered from
+        ``start``), or None: a far-out input can overflow the network, and NaN is no answer."""
         for i in self._float_outputs:
-            values = results[i]
+            name = self._run_names[i]
+            values = results[name][start:stop]
             # One reduction instead of an isfinite array: a NaN or inf anywhere makes the max non-finite.
             if not math.isfinite(np.abs(values).max(initial=0.0)):
                 row = int(np.argwhere(~np.isfinite(values))[0][0])
-                raise BadRequest(
-                    f"the model produced a non-finite {self._run_names[i]!r} for row {row}; "
+                return BadRequest(
+                    f"the model produced a non-finite {name!r} for row {row}; "
                     "its inputs are probably far outside the training range"
                 )
-        out = dict(zip(names, results))
+        return None
+
+    def observe(self, x: np.ndarray, results: dict[str, np.ndarray] | None = None) -> None:
+        """Hand served rows ``x`` to the observers, and with them the hidden layers' outputs in ``results``
+        to the layer observers (when the run computed them)."""
         for observe in self.observers:
             try:
                 observe(x)
             except Exception:  # an observer must never fail a prediction
                 log.exception("observer %r failed for model %s/%d", observe, self.name, self.version)
-        return out
+        if results is None or not self.layer_observers:
+            return
+        layers = [results[name] for name in self.hidden_output_names]
+        for observe_layers in self.layer_observers:
+            try:
+                observe_layers(x, layers)
+            except Exception:
+                log.exception("observer %r failed for model %s/%d", observe_layers, self.name, self.version)
 
     def hidden_outputs(self, x: np.ndarray) -> list[np.ndarray]:
         """Each hidden layer's output (the extra graph outputs ``bnserve.hidden_stats`` names) on float32 rows

@@ -97,6 +97,12 @@ class Settings(BaseSettings):
         "to an inference thread and back. Larger or compressed ones run on the inference threads. 0 sends every "
         "inference to the threads.",
     )
+    batching: bool = Field(
+        default=True,
+        description="Dynamic batching: the small (inline) inference requests that reach a model in the same event "
+        "loop iteration share one onnxruntime run. It never waits for a batch to fill, and a row's answer does "
+        "not depend on its batch (Batch Norm is folded).",
+    )
     workers: int = Field(
         default=0,
         ge=0,

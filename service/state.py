@@ -129,7 +129,7 @@ class ServiceState:
         except ModelLoadError as exc:
             self.startup_error = str(exc)  # python -m service prints it, in one line
             raise
-        self.offload = Offload(settings.inline_max_bytes)
+        self.offload = Offload(settings.inline_max_bytes, batching=settings.batching)
         connections.listeners[:] = [self.metrics.connection_closed]  # this process's server, this app
         self.metrics.set_models(repository, time.perf_counter() - started)
         self.manager = manager
@@ -161,18 +161,21 @@ class ServiceState:
         assert self.feeder is not None, "the feeder starts before the first model loads"
         settings, key, what = self.settings, (model.name, model.version), f"{model.name}/{model.version}"
         if settings.drift_enabled:
-            # The hidden layers' outputs come from a second session run on the feeder thread, per burst. With
+            # The hidden layers' outputs come from the run that served the rows (the layer observers). With
             # several workers, the statistics live in files every worker maps: one estimate, whichever worker
             # served the rows or answers the report.
-            hidden = model.hidden_outputs if settings.drift_layers else None
+            layers = settings.drift_layers and bool(model.hidden_output_names)
             monitor = ModelDriftMonitor(
                 model.contract,
                 settings.drift_config(),
                 name=what,
-                hidden_outputs=hidden,
+                hidden_outputs=model.hidden_outputs if layers else None,
                 shared=self.metrics.shared_path(f"drift-{model.name}-{model.version}.state"),
             )
-            model.observers.append(self.feeder.wrap(monitor.update, what))
+            if layers:
+                model.layer_observers.append(self.feeder.wrap_layers(monitor.update_layers, what))
+            else:
+                model.observers.append(self.feeder.wrap(monitor.update, what))
             self.drift = {**self.drift, key: monitor}
         if settings.drift_sample_rows:
             # A fixed seed: the same traffic gives the same sample (still uniform over the rows)

@@ -265,7 +265,8 @@ def test_updates_run_off_the_event_loop(digits: Digits, inline_max_bytes: int) -
             on_loop.append(False)
 
     def observers_for(model: ModelRuntime) -> list:
-        assert len(model.observers) == 1  # the drift monitor, registered before the hook's observers
+        # the drift monitor, registered before the hook's observers (with the hidden layers: a layer observer)
+        assert len(model.observers) + len(model.layer_observers) == 1
         return [probe]
 
     settings = settings_for(digits.root, inline_max_bytes=inline_max_bytes)

@@ -300,14 +300,14 @@ def test_shutdown_drains_rpcs_in_flight_and_refuses_new_ones(
     repo: Repo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     entered, release = threading.Event(), threading.Event()
-    real = dataplane.infer_grpc
+    real = dataplane.decode_grpc
 
     def held(*args: Any) -> Any:  # an inference that waits for the test's word, on an inference thread
         entered.set()
         assert release.wait(10)
         return real(*args)
 
-    monkeypatch.setattr(dataplane, "infer_grpc", held)
+    monkeypatch.setattr(dataplane, "decode_grpc", held)
     # On the inference threads (not inline on the loop), so that the loop answers the other RPCs meanwhile.
     with serve_grpc(repo.root, graceful_timeout=10, inline_max_bytes=0) as service:
         request_class, response_class = proto.METHODS["ModelInfer"]

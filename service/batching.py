@@ -1,0 +1,140 @@
+"""Dynamic batching on the event loop: the requests that reach inference together share one onnxruntime run.
+
+A batch-1 request spends more in ``session.run``'s fixed cost (~15 us hot, ~45 us once the server's own work
+has pushed the weights out of the caches) than in its row; 16 rows in one run cost about as much as 3 runs of
+one (BENCHMARKS.md). Under concurrency the event loop hands the decoded requests of several connections to
+:meth:`Batcher.infer` within one loop iteration: the first schedules a flush (``call_soon``, so after every
+task already runnable), the others join it, and the flush runs the concatenated rows once and gives each
+request its own rows of every output. Nothing waits for a batch to fill: a lone request is flushed in the
+next iteration, so batching adds no latency, only the cost of a future (a few microseconds).
+
+Batch Norm is folded into the weights, so a row's outputs do not depend on the other rows of its run: batching
+cannot change an answer (``tests/service/test_batching.py`` checks it bit for bit). A request whose rows give
+a non-finite output gets its error alone; the rest of the batch is answered. The observers (drift) see each
+flush's rows once, with the hidden layers' outputs of the same run.
+
+Large flushes (more than ``offload_rows`` rows) run on the inference threads, so that a big run does not hold
+the loop (onnxruntime releases the GIL while it computes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+import contract
+from service.errors import BadRequest
+from service.runtime import ModelRuntime
+
+Results = dict[str, np.ndarray]
+
+
+@dataclass
+class _Job:
+    x: np.ndarray  # (n, F) float32
+    hidden: tuple[str, ...]  # hidden outputs the client named
+    future: asyncio.Future[Results]
+
+
+class Batcher:
+    """Gathers the inferences one event loop asks for in the same iteration into one run per model."""
+
+    def __init__(
+        self, executor: Executor | None = None, offload_rows: int = 256, max_rows: int = 4096
+    ) -> None:
+        """``executor``: where flushes of more than ``offload_rows`` rows run (None: on the loop); a flush
+        takes at most ``max_rows`` rows (more wait for the next)."""
+        self._executor = executor
+        self._offload_rows = offload_rows
+        self._max_rows = max_rows
+        self._pending: dict[int, tuple[ModelRuntime, list[_Job]]] = {}  # by id(model)
+        self._elsewhere: set[asyncio.Future[None]] = set()  # flushes running on the threads (kept referenced)
+        self.runs = 0  # session runs made, and rows served through them: the mean batch is rows / runs
+        self.rows = 0
+
+    async def infer(self, model: ModelRuntime, x: np.ndarray, hidden: Sequence[str] = ()) -> Results:
+        """``model``'s outputs on rows ``x`` (as :meth:`ModelRuntime.predict`), computed with whatever other
+        requests for the same model arrive in this loop iteration; :class:`BadRequest` for this request's own
+        non-finite outputs."""
+        model.check_rows(x)
+        loop = asyncio.get_running_loop()
+        job = _Job(x, tuple(hidden), loop.create_future())
+        entry = self._pending.get(id(model))
+        if entry is None:
+            self._pending[id(model)] = (model, [job])
+            loop.call_soon(self._flush, model)
+        else:
+            entry[1].append(job)
+        return await job.future
+
+    def _flush(self, model: ModelRuntime) -> None:
+        model_jobs = self._pending.pop(id(model), None)
+        if model_jobs is None:
+            return
+        jobs = model_jobs[1]
+        while jobs:
+            take, rows = 0, 0
+            while take < len(jobs) and (take == 0 or rows + len(jobs[take].x) <= self._max_rows):
+                rows += len(jobs[take].x)
+                take += 1
+            batch, jobs = jobs[:take], jobs[take:]
+            if self._executor is not None and rows > self._offload_rows:
+                task = asyncio.ensure_future(self._run_elsewhere(model, batch))
+                self._elsewhere.add(task)
+                task.add_done_callback(self._elsewhere.discard)
+            else:
+                self._answer(batch, self._run(model, batch))
+
+    async def _run_elsewhere(self, model: ModelRuntime, batch: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            outcome = await loop.run_in_executor(self._executor, self._run, model, batch)
+        except BaseException as exc:  # the run itself failed (or was cancelled): every request learns it
+            outcome = [exc] * len(batch)
+        self._answer(batch, outcome)
+
+    def _run(self, model: ModelRuntime, batch: list[_Job]) -> list[Results | BaseException]:
+        """One session run over the batch's rows; each job's own outputs (views) or its error."""
+        try:
+            x = batch[0].x if len(batch) == 1 else np.concatenate([job.x for job in batch])  # (N, F)
+            layers = model.watches_layers
+            hidden = sorted({name for job in batch for name in job.hidden})
+            names = model.run_names(hidden, layers)
+            results = dict(zip(names, model.session.run(names, {contract.INPUT_NAME: x})))
+        except Exception as exc:
+            return [exc] * len(batch)
+        self.runs += 1
+        self.rows += len(x)
+        out: list[Results | BaseException] = []
+        served: list[slice] = []
+        start = 0
+        for job in batch:
+            stop = start + len(job.x)
+            error: BadRequest | None = model.first_nonfinite(results, start, stop)
+            if error is None:
+                out.append({name: results[name][start:stop] for name in (*model.output_names, *job.hidden)})
+                served.append(slice(start, stop))
+            else:
+                out.append(error)
+            start = stop
+        # The observers see the rows that were answered (all of them, but for a rare non-finite request).
+        if len(served) == len(batch):
+            model.observe(x, results if layers else None)
+        elif served:
+            keep = np.concatenate([np.arange(s.start, s.stop) for s in served])
+            model.observe(x[keep], {n: v[keep] for n, v in results.items()} if layers else None)
+        return out
+
+    @staticmethod
+    def _answer(batch: list[_Job], outcome: list[Results | BaseException]) -> None:
+        for job, result in zip(batch, outcome, strict=True):
+            if job.future.done():  # its request was cancelled meanwhile (the client left)
+                continue
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
