@@ -4,9 +4,11 @@
     python -m benchmarks.big_table load big.csv [--loader MODULE]               # seconds, peak RSS
     python -m benchmarks.big_table train big.csv [--epochs 5]                   # seconds per epoch
 
-``load`` runs in a fresh process so that the peak resident memory (``ru_maxrss``) is the loader's alone; it
-also prints the size of the final float64 design matrix. ``--loader`` names another module with a
-``load_csv(path, target)`` (e.g. an older ``training/data.py`` saved elsewhere) to measure it the same way.
+``load`` runs in a fresh process: the loader's module (with numpy and pyarrow) is imported first, then the
+resident memory is read, the file loaded, and the peak resident memory (``ru_maxrss``) read again; the
+difference is the loader's, to compare with its final arrays (features and labels). It prints wall and CPU
+seconds (the CPU time does not depend on what else the machine runs). ``--loader`` names another module with
+a ``load_csv(path, target)`` (e.g. an older ``training/data.py`` saved elsewhere) to measure it the same way.
 ``train`` uses the command line's size-aware defaults and prints the wall time of every epoch, so that a
 slowdown over the run shows.
 """
@@ -46,8 +48,17 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def current_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024  # kB
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def load(path: Path, loader: str | None) -> None:
-    base = peak_rss_mib()
     if loader:
         spec = importlib.util.spec_from_file_location("loader", loader)
         assert spec and spec.loader
@@ -57,13 +68,19 @@ def load(path: Path, loader: str | None) -> None:
         load_csv = module.load_csv
     else:
         from training.data import load_csv
-    start = time.perf_counter()
+    try:  # what a reader imports lazily is part of the interpreter's baseline, not of the load
+        import pyarrow.csv  # noqa: F401
+    except ImportError:
+        pass
+    base = current_rss_mib()
+    cpu, start = cpu_seconds(), time.perf_counter()
     ds = load_csv(path, "y")
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    final32 = (ds.X.shape[0] * ds.X.shape[1] * 4 + ds.y.nbytes) / 2**20
     print(
-        f"loaded {ds.X.shape[0]:,} x {ds.X.shape[1]} in {seconds:.1f} s; peak RSS {peak_rss_mib():.0f} MiB "
-        f"(before loading {base:.0f} MiB); X float64 {ds.X.nbytes / 2**20:.0f} MiB, as float32 "
-        f"{ds.X.nbytes / 2**21:.0f} MiB"
+        f"loaded {ds.X.shape[0]:,} x {ds.X.shape[1]} in {seconds:.1f} s ({cpu:.1f} s CPU); peak RSS "
+        f"{peak_rss_mib():.0f} MiB, {peak_rss_mib() - base:.0f} MiB above the {base:.0f} MiB before loading; "
+        f"X {ds.X.dtype} {ds.X.nbytes / 2**20:.0f} MiB; final arrays as float32 (X, y) {final32:.0f} MiB"
     )
 
 

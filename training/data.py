@@ -32,7 +32,8 @@ STD_FLOOR = 1e-8
 
 @dataclass
 class Dataset:
-    """Features ``X`` (float64, ``(N, F)``) and targets ``y``.
+    """Features ``X`` (``(N, F)``: float32 from a CSV, as a client sends them; float64 for digits) and
+    targets ``y``.
 
     Classification: ``y`` holds int64 indices into ``class_labels`` (original values, sorted).
     Regression: ``y`` is float64 ``(N, T)``.
@@ -137,7 +138,7 @@ def load_csv(
             task = TASK_REGRESSION
         else:
             task = TASK_CLASSIFICATION
-    encoder = FeatureEncoder.fit(table.columns, np.arange(n), missing_indicator)
+    encoder = FeatureEncoder.fit(table.columns, slice(None), missing_indicator)
     common = dict(
         source=str(path),
         task_inferred=inferred,
@@ -225,20 +226,50 @@ def split(ds: Dataset, rng: np.random.Generator, val: float = 0.15, test: float 
     return Split(tr, va, te)
 
 
+#: Rows per chunk when a big matrix is reduced or standardized: float64 work arrays of a chunk only.
+CHUNK_ROWS = 1 << 16
+
+
 @dataclass(frozen=True)
 class Standardizer:
-    """``(x - mean) / std`` per feature, fitted on the training split; constant features keep ``std = 1``."""
+    """``(x - mean) / std`` per feature, fitted on the training split; constant features keep ``std = 1``.
+
+    ``mean`` and ``std`` are float64 whatever the features' type; :meth:`fit` and :meth:`apply` work through
+    a big matrix in chunks of rows, so they never hold a float64 copy of it.
+    """
 
     mean: np.ndarray
     std: np.ndarray
 
     @classmethod
-    def fit(cls, X: np.ndarray) -> Standardizer:
-        std = X.std(axis=0)
-        return cls(mean=X.mean(axis=0), std=np.where(std < STD_FLOOR, 1.0, std))
+    def fit(cls, X: np.ndarray, rows: np.ndarray | None = None) -> Standardizer:
+        """Mean and (population) standard deviation of ``X[rows]`` (all rows by default), in float64."""
+        idx = np.arange(len(X)) if rows is None else rows
+        n = len(idx)
+        if n <= CHUNK_ROWS:  # one chunk: numpy's own pairwise sums
+            part = X[idx]
+            std = part.std(axis=0, dtype=np.float64)
+            return cls(mean=part.mean(axis=0, dtype=np.float64), std=np.where(std < STD_FLOOR, 1.0, std))
+        chunks = [idx[i : i + CHUNK_ROWS] for i in range(0, n, CHUNK_ROWS)]
+        total = np.zeros(X.shape[1])
+        for c in chunks:
+            total += X[c].sum(axis=0, dtype=np.float64)
+        mean = total / max(n, 1)
+        squares = np.zeros(X.shape[1])
+        for c in chunks:  # two passes: the sum of squared deviations, not the cancelling E[x²] - E[x]²
+            squares += ((X[c] - mean) ** 2).sum(axis=0)
+        std = np.sqrt(squares / max(n, 1))
+        return cls(mean=mean, std=np.where(std < STD_FLOOR, 1.0, std))
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         return (X - self.mean) / self.std
+
+    def apply(self, X: np.ndarray, rows: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:
+        """``self(X[rows])`` in ``dtype`` ``(len(rows), F)``, computed in float64 chunk by chunk."""
+        out = np.empty((len(rows), X.shape[1]), dtype)
+        for i in range(0, len(rows), CHUNK_ROWS):
+            out[i : i + CHUNK_ROWS] = self(X[rows[i : i + CHUNK_ROWS]])
+        return out
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ class TrainResult:
     model: TrainedModel
     data: DataDescription
     split: Split
-    held_out: np.ndarray  # (val + test rows, F) raw features, float64: what the export verifies the fold on
+    held_out: np.ndarray  # (val + test rows, F) raw features, ds.X's type: what export verifies the fold on
     history: list[dict[str, float]]
     best_epoch: int
     metrics: dict[str, dict[str, float]]
@@ -217,9 +217,9 @@ def set_running_statistics(net: MLP, stats: list[tuple[np.ndarray, np.ndarray]])
         np.copyto(bn.running_var, var)
 
 
-def _progress(row: dict[str, float]) -> dict[str, str]:
+def _progress(row: dict[str, float], epochs: int) -> dict[str, str]:
     """The progress bar's summary of an epoch's history row."""
-    shown = {"loss": f"{row['train_loss']:.4f}"}
+    shown = {"epoch": f"{int(row['epoch'])}/{epochs}", "loss": f"{row['train_loss']:.4f}"}
     if "val_loss" in row:
         shown["val_loss"] = f"{row['val_loss']:.4f}"
         if "val_accuracy" in row:
@@ -282,7 +282,7 @@ def train(
             f"drop_last with {len(sp.train)} training rows, fewer than a batch of {cfg.batch_size}"
         )
     ds = ds.fitted(sp.train)  # imputation and categories from the training rows only
-    std = Standardizer.fit(ds.X[sp.train])
+    std = Standardizer.fit(ds.X, sp.train)
     mcfg = MLPConfig(
         n_in=ds.X.shape[1],
         n_out=ds.n_outputs,
@@ -295,7 +295,7 @@ def train(
     dtype = np.dtype(mcfg.dtype)
     classification = ds.task == TASK_CLASSIFICATION
     model = TrainedModel(net, std, ds.task)
-    Xtr = std(ds.X[sp.train]).astype(dtype)  # (N, F)
+    Xtr = std.apply(ds.X, sp.train, dtype)  # (N, F), without a float64 copy of the table
     ytr = ds.y[sp.train]
     if not classification:
         model.y_mean = ytr.mean(axis=0)
@@ -312,8 +312,16 @@ def train(
     best_state = net.state_dict() if cfg.patience is not None else {}
     step = 0
     stop = on_step is not None and bool(on_step(Step(0, 0, math.nan, model)))
-    bar = tqdm(range(cfg.epochs), desc=f"train {ds.name}", unit="epoch", disable=not progress, leave=False)
-    for epoch in bar:
+    # Counted in rows, so that the bar shows the throughput (rows/s) and moves within a big table's epoch.
+    bar = tqdm(
+        total=cfg.epochs * len(Xtr),
+        desc=f"train {ds.name}",
+        unit=" rows",
+        unit_scale=True,
+        disable=not progress,
+        leave=False,
+    )
+    for epoch in range(cfg.epochs):
         if stop:
             break
         opt.lr = scheduled_lr(cfg.lr, cfg.schedule, epoch, cfg.epochs)
@@ -342,6 +350,7 @@ def train(
             step += 1
             total_loss += loss * len(idx)
             rows += len(idx)
+            bar.update(len(idx))
             if on_step is not None and on_step(Step(step, epoch + 1, loss, model)):
                 stop = True
                 break
@@ -353,7 +362,7 @@ def train(
                 {f"val_{k}": v for k, v in evaluate(model, ds.X[sp.val], ds.y[sp.val], class_weights).items()}
             )
         history.append(row)
-        bar.set_postfix(_progress(row))
+        bar.set_postfix(_progress(row, cfg.epochs))
         if cfg.patience is None:
             best = (math.inf, epoch + 1)  # no early stopping: the last epoch's weights are kept
         elif row["val_loss"] < best[0]:

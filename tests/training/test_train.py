@@ -122,3 +122,11 @@ def test_bad_configuration_is_refused():
         TrainConfig(batch_size=1)
     with pytest.raises(ValueError, match="bn-stats"):
         TrainConfig(bn_stats="median")
+
+
+def test_the_progress_bar_counts_rows_and_shows_their_rate(digits, capsys):
+    res = train(digits, hidden=(8,), config=TrainConfig(epochs=2, batch_size=256), progress=True)
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    n_train = len(res.split.train)
+    assert "rows/s" in bar
+    assert f"/{2 * n_train / 1000:.2f}k [" in bar  # the total: every training row, once per epoch
