@@ -64,7 +64,15 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam (Kingma & Ba 2015) with the bias correction folded into the step size (their section 2, last
     paragraph), so ``eps`` acts as ``eps / sqrt(1 - beta2^t)``; weight decay is decoupled as in AdamW
-    (Loshchilov & Hutter 2019)."""
+    (Loshchilov & Hutter 2019).
+
+    Moments below the smallest normal number of their type are set to zero after each step. A parameter
+    whose gradient stays zero (the weights of a dead ReLU unit) has moments that decay geometrically into the
+    subnormal range, where every arithmetic operation on them is many times slower on x86: a long run then
+    slowed down epoch after epoch (issue 14: 10 % of the moments subnormal by epoch 20, 9.9 s -> 28 s per
+    epoch). Zero instead of a number below 1.2e-38 changes no step: ``m / (sqrt(v) + eps)`` with ``eps`` =
+    1e-8 is then below 1e-30.
+    """
 
     def __init__(
         self,
@@ -98,11 +106,20 @@ class Adam(Optimizer):
         step = self.lr * math.sqrt(1.0 - self.b2**self.t) / (1.0 - self.b1**self.t)
         if self.weight_decay and decays(name):
             p *= 1.0 - self.lr * self.weight_decay
+        flush_subnormal(m, tmp)
+        flush_subnormal(v, tmp)
         np.sqrt(v, out=tmp)
         tmp += self.eps
         np.divide(m, tmp, out=tmp)
         tmp *= step
         p -= tmp
+
+
+def flush_subnormal(a: np.ndarray, scratch: np.ndarray) -> None:
+    """Set the entries of ``a`` smaller in magnitude than its type's smallest normal number to zero, in place
+    (``scratch``: a work array of ``a``'s shape and type)."""
+    np.abs(a, out=scratch)
+    np.copyto(a, 0, where=scratch < np.finfo(a.dtype).smallest_normal)
 
 
 def make_optimizer(name: str, lr: float, weight_decay: float, momentum: float = 0.9) -> Optimizer:

@@ -91,6 +91,30 @@ def test_adam_first_step_moves_each_weight_by_lr():
     assert np.allclose(np.abs(net.head.W - before), 0.01 * g / (g + eps_hat), rtol=1e-9, atol=1e-15)
 
 
+def test_adam_moments_never_go_subnormal_and_steps_match_float64():
+    # A weight whose gradient stops (a dead ReLU unit's): its moments decay geometrically, through the
+    # subnormal range where float32 arithmetic is slow. They are set to zero there; the steps still match
+    # Adam computed in float64 without any flushing.
+    b1, b2, lr = 0.5, 0.9, 0.01  # fast decays: the subnormal range is reached in a few hundred steps
+    opt = Adam(lr=lr, betas=(b1, b2))
+    p = np.array([0.3, -0.2, 0.1], np.float32)
+    ref, m, v = p.astype(np.float64), np.zeros(3), np.zeros(3)
+    tiny = np.finfo(np.float32).smallest_normal
+    seen_subnormal_in_float64 = False
+    for t in range(1, 1200):
+        g = np.array([0.05, -0.01, 0.2]) if t <= 5 else np.zeros(3)
+        opt.t = t
+        opt.update("w.W", p, g.astype(np.float32))
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        ref -= lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + 1e-8)
+        seen_subnormal_in_float64 |= bool(((v > 0) & (v < tiny)).any())
+        for moment in (opt.state["w.W"]["m"], opt.state["w.W"]["v"]):
+            assert not ((moment != 0) & (np.abs(moment) < tiny)).any(), t
+    assert seen_subnormal_in_float64  # the unflushed moments do pass through float32's subnormal range
+    np.testing.assert_allclose(p, ref, rtol=1e-5)
+
+
 def test_schedules():
     assert scheduled_lr(1.0, "none", 5, 10) == 1.0
     assert scheduled_lr(1.0, "cosine", 0, 10) == 1.0
