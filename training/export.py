@@ -39,12 +39,15 @@ from training.graph import (
     build_unfolded,
     hidden_output_name,
 )
+from training.plots import confusion_png
 from training.tables import FeatureEncoder
 from training.train import TrainedModel, TrainResult
 
 #: The unfolded graph does more float32 operations than the folded one (a division, BN's four per unit):
 #: it gets this multiple of the folded graph's tolerance.
 UNFOLDED_SLACK = 4.0
+#: The test split's confusion matrix, drawn beside history.json when matplotlib is installed.
+CONFUSION_PNG = "confusion.png"
 
 
 class ExportError(RuntimeError):
@@ -309,7 +312,11 @@ class ExportReport:
 
 
 def write_version(
-    model_dir: Path, version: int, folded: onnx.ModelProto, files: dict[str, str], config_pbtxt: str
+    model_dir: Path,
+    version: int,
+    folded: onnx.ModelProto,
+    files: dict[str, str | bytes],
+    config_pbtxt: str,
 ) -> Path:
     """Write ``<model_dir>/<version>/model.onnx`` (and ``files`` beside it) whole, or not at all; refuses to
     overwrite a version. Returns the version's folder."""
@@ -325,8 +332,11 @@ def write_version(
         raise ExportError(f"cannot create {out_dir}: {exc.strerror}") from None
     try:
         onnx.save(folded, str(staging / "model.onnx"))
-        for file_name, text in files.items():
-            (staging / file_name).write_text(text)
+        for file_name, content in files.items():
+            if isinstance(content, bytes):
+                (staging / file_name).write_bytes(content)
+            else:
+                (staging / file_name).write_text(content)
         # Triton keeps one config.pbtxt per model, beside the version folders; an existing one is kept, as it
         # may carry the operator's version_policy.
         config = model_dir / "config.pbtxt"
@@ -371,9 +381,14 @@ def export(
     history = (
         json.dumps(_json_safe({"epochs": result.history, "evaluation": result.evaluation}), indent=1) + "\n"
     )
-    out_dir = write_version(
-        model_dir, version, folded, {"history.json": history}, triton_config(name, contract)
-    )
+    files: dict[str, str | bytes] = {"history.json": history}
+    if (
+        "test" in result.evaluation
+    ):  # classification: the test split's confusion matrix, if matplotlib is there
+        png = confusion_png(result.evaluation["test"], f"{name} v{version}, test split")
+        if png is not None:
+            files[CONFUSION_PNG] = png
+    out_dir = write_version(model_dir, version, folded, files, triton_config(name, contract))
     path = out_dir / "model.onnx"
     if unfolded_path is not None:
         unfolded_path = Path(unfolded_path)
