@@ -78,6 +78,13 @@ class Reply:
     body: bytes
     headers: dict[str, str]
 
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The response's header fields as ASGI sends them, those of ``starlette.responses.Response(body,
+        headers=headers)`` in the same order: lower-case names, then the Content-Length."""
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        raw.append((b"content-length", str(len(self.body)).encode("latin-1")))
+        return raw
+
 
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 

@@ -1,18 +1,20 @@
-"""The fast path: the hot routes of the route table (inference) served past FastAPI's own layers.
+"""The fast path: the hot routes of the route table (inference) served past FastAPI and Starlette.
 
-FastAPI's routing, dependency and exception layers cost as much per request as decoding, predicting and
-encoding one row (BENCHMARKS.md). :class:`FastPath` is pure ASGI middleware that matches the hot routes
-itself and calls the very endpoints FastAPI would. Only requests whose every check the stack would make is
-already settled take it: POST with a Content-Length (the body limit was decided on it, by
-:class:`service.middleware.RequestContext`) and, on a guarded route, the right key. Everything else, errors
-included, takes the FastAPI route.
+FastAPI's routing, dependency and exception layers, and Starlette's request and response objects, cost as
+much per request as decoding, predicting and encoding one row (BENCHMARKS.md). :class:`FastPath` is pure ASGI
+middleware that matches the hot routes itself, reads the body straight from ``receive``, calls the route's
+core (:data:`service.routes.Core`, the very work the FastAPI endpoint does once it has the body) and sends
+the reply's two ASGI messages. Only requests whose every check the stack would make is already settled take
+it: POST with a Content-Length (the body limit was decided on it, by
+:class:`service.middleware.RequestContext`) and, on a guarded route, the right key. Everything else takes the
+FastAPI route; the answers are the same bytes either way (``tests/e2e/test_fast_path.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fastapi import Request
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.auth import ApiKey
@@ -22,11 +24,11 @@ from service.routes import Route
 
 
 class FastPath:
-    """Serves ``routes`` (POST routes of the table) directly; passes every other request to ``app``."""
+    """Serves ``routes`` (POST routes of the table with a core) directly; passes every other request to ``app``."""
 
     def __init__(self, app: ASGIApp, routes: Sequence[Route], auth: ApiKey) -> None:
         self.app = app
-        self.routes = tuple(routes)
+        self.routes = tuple(r for r in routes if r.core is not None)
         self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -45,10 +47,29 @@ class FastPath:
                     continue
                 if route.guarded and not self.auth.allows(headers):
                     break  # FastAPI's route answers the 401, with the same decision
+                assert route.core is not None
+                body = await read_body(receive)
                 try:
-                    response = await route.endpoint(Request(scope, receive), **match.groupdict())
+                    reply = await route.core(scope["bnserve.info"], body, headers, **match.groupdict())
                 except ServiceError as exc:
-                    response = service_error_response(exc)
-                await response(scope, receive, send)
+                    await service_error_response(exc)(scope, receive, send)
+                    return
+                await send({"type": "http.response.start", "status": 200, "headers": reply.raw_headers()})
+                await send({"type": "http.response.body", "body": reply.body})
                 return
         await self.app(scope, receive, send)
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body; :class:`ClientDisconnect` when the client goes away first (as Starlette)."""
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        return message.get("body", b"")  # the usual case: the body came in one message
+    chunks: list[bytes] = []
+    while True:
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+        message = await receive()

@@ -16,7 +16,6 @@ import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -127,7 +126,10 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                MutableHeaders(scope=message).append("X-Request-ID", info.request_id)
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", info.request_id.encode()),
+                ]
             await send(message)
 
         # The server writes only the head of a HEAD response (and its Content-Length): the app answers a GET.

@@ -32,6 +32,23 @@ from service.state import ServiceState
 
 #: An endpoint: ``(request, **path parameters) -> Response``; ``version`` is None on unversioned paths.
 Endpoint = Callable[..., Awaitable[Response]]
+#: A hot route's core: ``(info, body, raw headers, **path parameters) -> Reply``, the endpoint's whole work
+#: once the body is read; the fast path calls it without any Starlette object.
+Core = Callable[..., Awaitable[dataplane.Reply]]
+#: The request headers as the server gives them: lower-case names, bytes.
+RawHeaders = list[tuple[bytes, bytes]]
+_HEADER_LENGTH = v2.HEADER_LENGTH.lower().encode("latin-1")
+
+
+def find_headers(headers: RawHeaders, *names: bytes) -> tuple[str | None, ...]:
+    """The first value of each of ``names`` (lower case) in ``headers``, as text, or None: one pass."""
+    found: list[str | None] = [None] * len(names)
+    for key, value in headers:
+        if key in names:
+            i = names.index(key)
+            if found[i] is None:
+                found[i] = value.decode("latin-1")
+    return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -46,6 +63,7 @@ class Route:
     name: str = ""  # in the OpenAPI operation id; the endpoint's name by default
     guarded: bool = False  # needs the key, when one is set
     hot: bool = False  # served by the fast path
+    core: Core | None = None  # a hot route's work past reading the body (see :data:`Core`)
     #: The path as Starlette compiles it (``{param}`` is ``[^/]+``), for the fast path.
     pattern: re.Pattern[str] = field(init=False, repr=False)
 
@@ -66,6 +84,7 @@ def versioned(
     *,
     description: str | None = None,
     version_name: str | None = None,
+    core: Core | None = None,
     **flags: bool,
 ) -> tuple[Route, Route]:
     """The unversioned route ``prefix + suffix`` (with ``description``) and ``prefix/versions/{version} + suffix``.
@@ -76,10 +95,10 @@ def versioned(
     plain_doc = doc if description is None else {**doc, "description": description}
     name = endpoint.__name__
     return (
-        Route(method, prefix + suffix, endpoint, summaries[0], plain_doc, name=name, **flags),
+        Route(method, prefix + suffix, endpoint, summaries[0], plain_doc, name=name, core=core, **flags),
         Route(
             method, f"{prefix}/versions/{{version}}{suffix}", endpoint, summaries[1], doc,
-            name=version_name or f"{name}_version", **flags,
+            name=version_name or f"{name}_version", core=core, **flags,
         ),
     )  # fmt: skip
 
@@ -124,30 +143,37 @@ class Endpoints:
         return json_response(v2.model_metadata(model, versions))
 
     async def v2_infer(self, request: Request, name: str, version: str | None = None) -> Response:
-        info = request_info(request)
+        reply = await self.v2_infer_core(request_info(request), await request.body(), request.scope["headers"], name, version)  # fmt: skip
+        return Response(reply.body, headers=reply.headers)
+
+    async def v2_infer_core(
+        self, info: RequestInfo, body: bytes, headers: RawHeaders, name: str, version: str | None = None
+    ) -> dataplane.Reply:
+        """V2 ``infer`` once the body is read: what the FastAPI route and the fast path both answer."""
         model = self._model(info, name, version)
-        body = await request.body()
-        encoding = request.headers.get("content-encoding")
-        header_length = request.headers.get(v2.HEADER_LENGTH)
+        encoding, header_length = find_headers(headers, b"content-encoding", _HEADER_LENGTH)
         state = self.state
         assert state.offload is not None, "the models load before any inference"
-        reply = await state.offload.infer(
+        return await state.offload.infer(
             len(body), encoding is not None, dataplane.decode_v2, info, model, body, encoding, header_length,
             state.limits, info,
         )  # fmt: skip
-        return Response(reply.body, headers=reply.headers)
 
     async def v1_predict(self, request: Request, name: str, version: str | None = None) -> Response:
-        info = request_info(request)
+        reply = await self.v1_predict_core(request_info(request), await request.body(), request.scope["headers"], name, version)  # fmt: skip
+        return Response(reply.body, headers=reply.headers)
+
+    async def v1_predict_core(
+        self, info: RequestInfo, body: bytes, headers: RawHeaders, name: str, version: str | None = None
+    ) -> dataplane.Reply:
+        """V1 ``:predict`` once the body is read: what the FastAPI route and the fast path both answer."""
         model = self._model(info, name, version)
-        body = await request.body()
-        encoding = request.headers.get("content-encoding")
+        (encoding,) = find_headers(headers, b"content-encoding")
         state = self.state
         assert state.offload is not None, "the models load before any inference"
-        reply = await state.offload.infer(
+        return await state.offload.infer(
             len(body), encoding is not None, dataplane.decode_v1, info, model, body, encoding, state.limits, info,
         )  # fmt: skip
-        return Response(reply.body, headers=reply.headers)
 
     async def v1_status(self, request: Request, name: str) -> Response:
         model = self._model(request_info(request), name, None)
@@ -311,11 +337,11 @@ def route_table(state: ServiceState) -> list[Route]:
         ),
         *versioned(
             "POST", models, "/infer", e.v2_infer, ("Inference", "Inference on a version"), infer_doc,
-            guarded=True, hot=True,
+            guarded=True, hot=True, core=e.v2_infer_core,
         ),
         *versioned(
             "POST", v1_models, ":predict", e.v1_predict, ("Predict (V1)", "Predict on a version (V1)"),
-            predict_doc, guarded=True, hot=True,
+            predict_doc, guarded=True, hot=True, core=e.v1_predict_core,
         ),
         Route(
             "GET", v1_models, e.v1_status, "Model status (V1)", _json("v1", schemas.V1ModelStatus, 401, 404, 503),

@@ -83,7 +83,7 @@ def test_fast_path_answers_like_the_fastapi_route(
     fast, slow = both_ways(client, path, body, headers)
     assert fast.status_code == slow.status_code
     assert fast.content == slow.content
-    for name in ("content-type", "inference-header-content-length"):
+    for name in ("content-type", "inference-header-content-length", "content-length"):
         assert fast.headers.get(name) == slow.headers.get(name)
 
 
