@@ -8,6 +8,7 @@ payload.
 
 from __future__ import annotations
 
+import math
 from array import array
 from itertools import chain
 from typing import Any
@@ -64,12 +65,14 @@ def numbers_to_rows(
     *,
     booleans_possible: bool = True,
     bounds: tuple[float, float] | None = None,
+    limit: float = FLOAT32_MAX,
 ) -> np.ndarray:
     """A flat list of ``n_rows * n_cols`` JSON numbers -> finite float32 (n_rows, n_cols).
 
     Strings, booleans, nulls and nested lists are refused (numpy would quietly turn ``"1"`` or ``true`` into
     1.0); with ``integral`` the values must be whole numbers (an INT datatype was declared); with ``bounds``
-    they must lie within them (the declared datatype's range). ``booleans_possible=False`` (the body holds
+    they must lie within them (the declared datatype's range); ``limit`` is the model's input limit
+    (:func:`to_float32_rows`). ``booleans_possible=False`` (the body holds
     no ``true``/``false``: :func:`has_literals`) allows the fast conversion: ``array('d', ...)`` refuses every
     other non-number by itself, in one C loop, where a type check of each element cost as much again.
     """
@@ -105,7 +108,7 @@ def numbers_to_rows(
             )
     if bounds is not None:
         check_bounds(values, bounds)
-    return to_float32_rows(values)
+    return to_float32_rows(values, limit)
 
 
 def check_bounds(values: np.ndarray, bounds: tuple[float, float]) -> None:
@@ -131,26 +134,32 @@ def nested_rows(data: list[Any], n_cols: int) -> list[Any]:
     return list(chain.from_iterable(data))
 
 
-def to_float32_rows(values: np.ndarray) -> np.ndarray:
+def to_float32_rows(values: np.ndarray, limit: float = FLOAT32_MAX) -> np.ndarray:
     """Real-valued rows (N, F) of any numeric dtype -> float32; :class:`BadRequest` names the first bad cell.
 
     NaN, infinities and finite values beyond the float32 range are refused rather than silently turned into
-    ``inf`` by the cast.
+    ``inf`` by the cast, and so are values beyond the model's input ``limit`` (``ModelRuntime.input_limit``:
+    past it the model's outputs may overflow).
     """
-    if values.dtype.kind == "f":
+    if values.dtype.kind == "f" or (values.dtype.kind in "iu" and np.iinfo(values.dtype).max > limit):
         # One reduction on the common path (NaN propagates through max); the masks only to name the cell.
-        largest = float(np.abs(values).max(initial=0.0))
-        if not largest <= FLOAT32_MAX:  # also true for NaN and both infinities
-            if values.dtype.itemsize <= 4:  # FP16 / FP32: every finite value fits in float32
-                ok = np.isfinite(values)
-            else:
-                ok = np.abs(values) <= FLOAT32_MAX
+        # (An integer dtype is checked only under a limit below its range, a model's choice: float64 there,
+        # where abs(int64 min) would overflow.)
+        wide = values if values.dtype.kind == "f" else values.astype(np.float64)
+        largest = float(np.abs(wide).max(initial=0.0))
+        if not largest <= limit:  # also true for NaN and both infinities
+            # float64: an FP16 array cannot hold the limit; False for NaN
+            ok = np.abs(wide.astype(np.float64)) <= limit
             r, c = (int(i) for i in np.argwhere(~ok)[0])
             v = float(values[r, c])
-            what = (
-                "NaN" if np.isnan(v) else ("infinite" if np.isinf(v) else f"{v:g}, outside the float32 range")
+            if not abs(v) <= FLOAT32_MAX:  # NaN, infinite, or beyond float32
+                what = f"{v:g}, outside the float32 range" if math.isfinite(v) else "infinite"
+                what = "NaN" if math.isnan(v) else what
+                raise BadRequest(f"value at row {r}, column {c} is {what}; expected a finite float32 number")
+            raise BadRequest(
+                f"value at row {r}, column {c} is {v:g}, outside the model's input range [{-limit:g}, {limit:g}] "
+                "(beyond it its outputs may overflow)"
             )
-            raise BadRequest(f"value at row {r}, column {c} is {what}; expected a finite float32 number")
     elif values.dtype.kind not in "iu":
         raise BadRequest(f"expected numbers, got {values.dtype}")
     # Every int64/uint64 fits in the float32 range (|x| < 2**64 < 3.4e38).

@@ -40,6 +40,12 @@ class NotFound(ServiceError):
     status_code = 404
 
 
+class Conflict(ServiceError):
+    """The request conflicts with the server's state, e.g. an unload of a model its repository folder serves (409)."""
+
+    status_code = 409
+
+
 class PayloadTooLarge(ServiceError):
     """Too many bytes or rows in one request (413)."""
 

@@ -11,7 +11,7 @@ the same request ids (``x-request-id`` metadata in, trailing metadata out) and t
 
 Errors are the typed errors of :mod:`service.errors`, sent as the gRPC status of their HTTP status with their
 message: 400 -> INVALID_ARGUMENT, 401 -> UNAUTHENTICATED, 403 -> PERMISSION_DENIED, 404 -> NOT_FOUND,
-413 -> RESOURCE_EXHAUSTED, 503 -> UNAVAILABLE, anything unexpected -> INTERNAL with the request id. Messages
+409 -> FAILED_PRECONDITION, 413 -> RESOURCE_EXHAUSTED, 503 -> UNAVAILABLE, anything unexpected -> INTERNAL with the request id. Messages
 larger than ``max_body_bytes`` are refused by gRPC itself (RESOURCE_EXHAUSTED) before they are read.
 
 Shutdown: from the moment shutdown begins (SIGTERM: readiness goes false) every RPC but the health ones is
@@ -51,6 +51,7 @@ GRPC_CODES: dict[int, grpc.StatusCode] = {
     401: grpc.StatusCode.UNAUTHENTICATED,
     403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.FAILED_PRECONDITION,  # the server's state forbids it (an unload in poll mode)
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     499: grpc.StatusCode.CANCELLED,
     503: grpc.StatusCode.UNAVAILABLE,

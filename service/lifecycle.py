@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.errors import BadRequest, Forbidden, ModelLoadError, NotFound, ServiceError
+from service.errors import BadRequest, Conflict, Forbidden, ModelLoadError, NotFound, ServiceError
 from service.model_config import ConfigError, read_version_policy
 from service.repository import MODEL_FILE, VERSION_FOLDER, ModelRepository
 from service.runtime import ModelRuntime, load_model
@@ -233,8 +233,8 @@ class ModelManager:
     def unload(self, name: str) -> None:
         """Stop serving every version of ``name`` (Triton's unload); requests already running finish."""
         self._api_on()
-        if self.mode == "poll":
-            raise BadRequest(
+        if self.mode == "poll":  # the folders decide: an unload conflicts with them (409)
+            raise Conflict(
                 "unload is not allowed in poll mode: remove the model's folder from the repository"
             )
         with self._swap:

@@ -24,8 +24,15 @@ from service.v2 import BOUNDS
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": schemas.ErrorResponse, "description": "Bad request: the message names the problem."},
     401: {"model": schemas.ErrorResponse, "description": "Missing or wrong bearer key (when auth is on)."},
-    403: {"model": schemas.ErrorResponse, "description": "Switched off (the repository API in mode 'none')."},
+    403: {
+        "model": schemas.ErrorResponse,
+        "description": "Switched off (the repository API in mode 'none').",
+    },
     404: {"model": schemas.ErrorResponse, "description": "Unknown model or version."},
+    409: {
+        "model": schemas.ErrorResponse,
+        "description": "In conflict with the server's state (an unload in poll mode: the repository decides).",
+    },
     413: {"model": schemas.ErrorResponse, "description": "Body or batch larger than the configured limits."},
     500: {
         "model": schemas.ErrorResponse,
@@ -96,8 +103,13 @@ def openapi_builder(app: FastAPI, state: ServiceState, key_required: bool) -> Ca
     return build
 
 
-#: A JSON number the service accepts as a feature value: finite, within float32's range.
-FLOAT32 = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+def feature_number(limit: float = FLOAT32_MAX) -> dict[str, Any]:
+    """A JSON number the service accepts as a feature value: within a model's input limit (at most float32's
+    range; ``ModelRuntime.input_limit``)."""
+    return {"type": "number", "minimum": -limit, "maximum": limit}
+
+
+FLOAT32 = feature_number()
 
 
 def _exact_instances(defs: dict[str, Any]) -> None:
@@ -112,6 +124,10 @@ def _exact_instances(defs: dict[str, Any]) -> None:
     tensor = defs["RequestInput"]
     # data: absent with binary data, never null; numbers within the declared datatype's range.
     tensor["properties"]["data"] = _flat_or_nested(FLOAT32)
+    tensor["description"] = (
+        f"{tensor.get('description', '')} The one rule this schema cannot state: 'shape' is [rows, features] "
+        "of 'data', i.e. nested data has shape[0] rows and flat data shape[0] * shape[1] numbers."
+    ).strip()
     # A JSON body carries its numbers in data; binary tensors (binary_data_size) are another body format, a JSON
     # header then raw bytes, announced by the Inference-Header-Content-Length header (see the route's text).
     tensor["required"] = [*tensor["required"], "data"]
@@ -125,6 +141,8 @@ def _exact_instances(defs: dict[str, Any]) -> None:
             },
         ]
     }
+    # The classification extension (Triton's) is refused by name; other output parameters are ignored.
+    defs["OutputParameters"]["not"] = {"required": ["classification"]}
     tensor["allOf"] = [
         {
             "if": {"properties": {"datatype": {"const": name}}, "required": ["datatype"]},
@@ -162,7 +180,8 @@ def _exact_features(defs: dict[str, Any], models: list[ModelRuntime], max_rows: 
         return
     (features,) = names
     f = len(features)
-    number = FLOAT32
+    # Every model's outputs stay finite within the smallest input limit (one schema for every path).
+    number = feature_number(min(m.input_limit for m in models))
     rows, named = defs["V1PredictRequest"]["properties"]["instances"]["anyOf"]
     rows["items"] = {"type": "array", "items": number, "minItems": f, "maxItems": f}
     named["items"] = {
@@ -172,12 +191,25 @@ def _exact_features(defs: dict[str, Any], models: list[ModelRuntime], max_rows: 
         "additionalProperties": False,
     }
     flat, nested = defs["RequestInput"]["properties"]["data"]["anyOf"]
-    flat.update(minItems=f, maxItems=max_rows * f)  # whole rows (their count must match shape[0])
+    # whole rows (their count must match shape[0])
+    flat.update(minItems=f, maxItems=max_rows * f, items=number)
     nested.update(minItems=1, maxItems=max_rows)
-    nested["items"].update(minItems=f, maxItems=f)
-    outputs = {m.output_names for m in models}
-    if len(outputs) == 1:  # the same task everywhere: only its outputs can be asked for
-        defs["RequestOutput"]["properties"]["name"] = {"enum": list(next(iter(outputs)))}
+    nested["items"].update(minItems=f, maxItems=f, items=number)
+    outputs = {(*m.output_names, *m.hidden_output_names) for m in models}
+    if len(outputs) == 1:  # the same task everywhere: only its outputs can be asked for, each at most once
+        (choices,) = outputs
+        defs["RequestOutput"]["properties"]["name"] = {"enum": list(choices)}
+        requested = defs["InferenceRequest"]["properties"]["outputs"]
+        listed = next(s for s in requested["anyOf"] if s.get("type") == "array")
+        listed["maxItems"] = len(choices)
+        listed["allOf"] = [
+            {
+                "contains": {"properties": {"name": {"const": name}}, "required": ["name"]},
+                "minContains": 0,
+                "maxContains": 1,
+            }
+            for name in choices
+        ]
     shape = defs["RequestInput"]["properties"]["shape"]
     # More rows than BNSERVE_MAX_BATCH_ROWS get 413.
     shape["prefixItems"] = [

@@ -385,9 +385,9 @@ def route_table(state: ServiceState) -> list[Route]:
         ),
         Route(
             "POST", "/v2/repository/models/{name}/unload", e.repository_unload, "Unload a model",
-            _repository("Unloaded (empty body).", 400, 401, 403, 404, 503,
-                description="Stop serving every version of the model (explicit mode); requests already running "
-                "finish."),
+            _repository("Unloaded (empty body).", 400, 401, 403, 404, 409, 503,
+                description="Stop serving every version of the model (explicit mode; 409 in poll mode, where "
+                "the repository's folders decide); requests already running finish."),
             guarded=True,
         ),
         Route("GET", "/metrics", e.metrics, "Prometheus metrics", metrics_doc),

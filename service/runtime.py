@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 import contract
+from service.decoding import FLOAT32_MAX
 from service.errors import BadRequest, ModelLoadError
 
 log = logging.getLogger("bnserve.runtime")
@@ -58,6 +59,8 @@ class ModelRuntime:
     #: Observers of the rows and the hidden layers' outputs (one array per layer, in
     #: ``hidden_output_names`` order) computed in the same run: the hidden-layer drift monitor.
     layer_observers: list[LayerObserver] = field(default_factory=list)
+    #: Inputs are refused beyond [-input_limit, input_limit] (:func:`input_limit`): the outputs stay finite there.
+    input_limit: float = FLOAT32_MAX
     #: Computed once: ``predict`` runs per request, and a property rebuilding these showed in the profile.
     output_names: tuple[str, ...] = field(init=False)
     #: The hidden layers' outputs (``bnserve.hidden_stats``): computed for a client only when it names them.
@@ -193,6 +196,7 @@ def load_model(name: str, version: int, path: Path, intra_op_threads: int = 1) -
     try:
         input_spec, output_specs = _check_graph(session, model_contract)
         _smoke_test(session, model_contract, output_specs)
+        limit = input_limit(session, model_contract, output_specs)
     except ValueError as exc:
         raise ModelLoadError(path, str(exc)) from None
     return ModelRuntime(
@@ -203,6 +207,7 @@ def load_model(name: str, version: int, path: Path, intra_op_threads: int = 1) -
         session=session,
         input_spec=input_spec,
         output_specs=output_specs,
+        input_limit=limit,
     )
 
 
@@ -310,6 +315,47 @@ def _smoke_test(
         _check_classifier(
             outputs[contract.OUTPUT_PROBABILITIES], outputs[contract.OUTPUT_LABEL], mc.n_outputs
         )
+
+
+#: How much larger than the served input limit the probes go: they are a few hundred directions, not the worst
+#: one for the network, whose gain (the growth of its outputs with its inputs' size) can be larger in another.
+_LIMIT_MARGIN = 1e6
+
+
+def input_limit(
+    session: ort.InferenceSession, mc: contract.ModelContract, specs: Sequence[TensorSpec]
+) -> float:
+    """The served input range ``[-L, L]``: ``L`` the largest power of ten up to 1e38 such that every output,
+    hidden ones included, stays finite on probe rows scaled to ``L`` times a margin of 1e6.
+
+    Far outside its training range a network's float32 arithmetic overflows (inf, then NaN probabilities); an
+    input bound lets the service refuse such rows by a rule a client (and the OpenAPI schema) can know, rather
+    than after the fact. The probes: sign patterns (a fixed seed), each feature alone at each sign, and the
+    training-statistics probe rows, each scaled to unit size. Raises ``ValueError`` when that range does not
+    even hold the training-statistics probe rows.
+    """
+    f = mc.n_features
+    training = probe_rows(mc.input_stats).astype(np.float64)  # (12, F)
+    directions = np.vstack(
+        [
+            np.random.default_rng(0).choice([-1.0, 1.0], size=(64, f)),  # (64, F) corners
+            np.eye(f),
+            -np.eye(f),  # (2F, F)
+            training / np.maximum(np.abs(training).max(axis=1, keepdims=True), 1e-30),  # (12, F)
+        ]
+    )
+    names = [s.name for s in specs if s.datatype.startswith("FP")] + [h.output for h in mc.hidden_stats]
+    for exponent in range(38, -1, -1):
+        limit = 10.0**exponent
+        if limit < float(np.abs(training).max()):
+            break
+        x = (directions * min(limit * _LIMIT_MARGIN, FLOAT32_MAX)).astype(np.float32)
+        if all(np.isfinite(v).all() for v in session.run(names, {contract.INPUT_NAME: x})):
+            return limit
+    raise ValueError(
+        "the outputs overflow float32 on inputs within a factor 1e6 of the training range (probe rows "
+        "built from the training statistics, scaled up)"
+    )
 
 
 #: How far probabilities may stray from a distribution in float32 (a softmax of 1000 classes sums to 1 +- 1e-6).

@@ -52,7 +52,8 @@ class ModelMetadata(BaseModel):
     inputs: list[MetadataTensor]
     outputs: list[MetadataTensor]
     parameters: dict[str, Any] = Field(
-        description="The contract: task, feature names, class labels or targets."
+        description="The contract: task, feature names, class labels or targets; and input_range, [-L, L]: "
+        "values beyond it get 400 (the model's float32 outputs may overflow there)."
     )
 
 

@@ -39,7 +39,9 @@ def parse_predict_request(body: bytes, model: ModelRuntime, max_rows: int) -> np
         flat = _named_rows(instances, model.contract.feature_names)
     else:
         flat = nested_rows(instances, n_features)
-    return numbers_to_rows(flat, len(instances), n_features, booleans_possible=has_literals(body))
+    return numbers_to_rows(
+        flat, len(instances), n_features, booleans_possible=has_literals(body), limit=model.input_limit
+    )
 
 
 def _named_rows(instances: list[Any], names: list[str]) -> list[Any]:

@@ -64,9 +64,14 @@ def server_metadata(version: str) -> dict[str, Any]:
 
 
 def model_metadata(model: ModelRuntime, versions: list[int]) -> dict[str, Any]:
-    """``GET /v2/models/{name}``: tensors with ``-1`` for the batch axis, plus the contract's names."""
+    """``GET /v2/models/{name}``: tensors with ``-1`` for the batch axis, plus the contract's names and the
+    input range the model is served on."""
     mc = model.contract
-    parameters: dict[str, Any] = {"task": mc.task, "feature_names": mc.feature_names}
+    parameters: dict[str, Any] = {
+        "task": mc.task,
+        "feature_names": mc.feature_names,
+        "input_range": [-model.input_limit, model.input_limit],  # beyond it, 400: the outputs may overflow
+    }
     if model.is_classification:
         parameters["class_labels"] = mc.class_labels
     else:
@@ -210,6 +215,7 @@ def _decode_input(
             integral=DATATYPES[datatype].kind in "iu",
             booleans_possible=booleans_possible,
             bounds=BOUNDS.get(datatype),
+            limit=model.input_limit,
         )
 
     if "data" in tensor:
@@ -230,7 +236,7 @@ def _decode_input(
             f"binary data sizes add up to {size} bytes but the body carries {len(binary)} bytes after the JSON header"
         )
     values = np.frombuffer(binary, dtype=dtype).reshape(n_rows, n_cols)  # (N, F)
-    return to_float32_rows(values)
+    return to_float32_rows(values, model.input_limit)
 
 
 def _whole(value: Any) -> bool:

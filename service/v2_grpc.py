@@ -118,7 +118,8 @@ def _decode_input(tensor: Any, raw: bytes | None, model: ModelRuntime, max_rows:
                 f"input 'input': raw_input_contents[0] has {len(raw)} bytes but shape {shape} of {datatype} "
                 f"needs {needed}"
             )
-        return to_float32_rows(np.frombuffer(raw, dtype=dtype).reshape(n_rows, n_cols))  # (N, F)
+        values = np.frombuffer(raw, dtype=dtype).reshape(n_rows, n_cols)  # (N, F)
+        return to_float32_rows(values, model.input_limit)
     field = CONTENTS_FIELD[datatype]
     if field is None:
         raise BadRequest(f"input 'input' is {datatype}, which only raw_input_contents can carry")
@@ -140,7 +141,7 @@ def _decode_input(tensor: Any, raw: bytes | None, model: ModelRuntime, max_rows:
         array.dtype.itemsize > v2.DATATYPES[datatype].itemsize
     ):  # INT8/16 in int_contents, UINT8/16 in uint_...
         check_bounds(array.astype(np.float64), v2.BOUNDS[datatype])  # the declared range, as for JSON
-    return to_float32_rows(array)
+    return to_float32_rows(array, model.input_limit)
 
 
 def encode_infer_response(

@@ -126,6 +126,21 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
         400,
         "value at row 0, column 3 is 1e+39, outside the float32 range",
     ),
+    # the tiny digits model's input range, from GET /v2/models/digits (test_v2.py checks it is [-1e32, 1e32])
+    (
+        "v2 beyond the model's input range",
+        V2,
+        v2([1, 64], [*ROW[:3], 1e33, *ROW[4:]], datatype="FP64"),
+        400,
+        "value at row 0, column 3 is 1e+33, outside the model's input range [-1e+32, 1e+32]",
+    ),
+    (
+        "v2 binary beyond the model's input range",
+        V2,
+        binary(bin_head([1, 64], 256), np.array([-1e33, *ROW[1:]], dtype="<f4").tobytes()),
+        400,
+        "value at row 0, column 0 is -1e+33, outside the model's input range [-1e+32, 1e+32]",
+    ),
     (
         "v2 beyond float64",
         V2,
@@ -253,6 +268,13 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
         "value at row 0, column 0 is a boolean",
     ),
     (
+        "v1 beyond the model's input range",
+        V1,
+        {"json": {"instances": [{**NAMED, "pixel_0_2": 2e32}]}},
+        400,
+        "value at row 0, column 2 is 2e+32, outside the model's input range [-1e+32, 1e+32]",
+    ),
+    (
         "v1 unknown model",
         "/v1/models/nope:predict",
         {"json": {"instances": [ROW]}},
@@ -289,8 +311,13 @@ def test_unknown_route_and_method_use_the_error_shape(client: TestClient) -> Non
     assert response.status_code == 405 and response.json() == {"error": "Method Not Allowed"}
 
 
-def test_non_finite_model_output_is_caught(client: TestClient) -> None:
-    # Finite float32 inputs whose weighted sum overflows: softmax of inf is NaN, which must not go out as null.
+def test_inputs_that_would_overflow_the_model_are_refused_first(client: TestClient) -> None:
+    # Finite float32 inputs whose weighted sum overflows (softmax of inf is NaN, which must not go out as null)
+    # lie beyond the model's input range: refused before the model runs. (The check of the outputs behind it,
+    # for the rest: test_runtime.py.)
     response = client.post(V2, **v2([1, 64], [3e38] * 64))
     assert response.status_code == 400
-    assert "the model produced a non-finite 'probabilities' for row 0" in response.json()["error"]
+    assert response.json() == {
+        "error": "value at row 0, column 0 is 3e+38, outside the model's input range [-1e+32, 1e+32] "
+        "(beyond it its outputs may overflow)"
+    }

@@ -212,11 +212,16 @@ def _infer(
             grpc.StatusCode.INVALID_ARGUMENT,
             "value at row 0, column 0 is NaN",
         ),
+        (
+            _infer(raw=np.full((1, 64), -1e33, np.float32).tobytes()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "value at row 0, column 0 is -1e+33, outside the model's input range [-1e+32, 1e+32]",
+        ),
         (_infer(shape=(0, 64)), grpc.StatusCode.INVALID_ARGUMENT, "empty batch"),
         (_infer(model="nope"), grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
         (_infer(shape=(65, 64)), grpc.StatusCode.RESOURCE_EXHAUSTED, "65 rows exceed the limit of 64 rows"),
     ],
-    ids=["features", "datatype", "raw-size", "nan", "empty", "unknown-model", "rows"],
+    ids=["features", "datatype", "raw-size", "nan", "input-range", "empty", "unknown-model", "rows"],
 )
 def test_errors(service: GrpcService, request_: Any, code: grpc.StatusCode, phrase: str) -> None:
     error = error_of(service, "ModelInfer", request_)

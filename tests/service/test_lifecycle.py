@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.errors import BadRequest, Forbidden, ModelLoadError, NotFound
+from service.errors import BadRequest, Conflict, Forbidden, ModelLoadError, NotFound
 from service.lifecycle import Hooks, ModelManager, probe
 from service.runtime import ModelRuntime
 from tests.service.conftest import DIGIT_FEATURES, broken_variants, build_onnx, tiny_model, write_model
@@ -277,7 +277,7 @@ def test_modes_guard_the_api(root: Path) -> None:
         assert info.value.status_code == 403
     poll = ModelManager(root, mode="poll")
     poll.start()
-    with pytest.raises(BadRequest, match="unload is not allowed in poll mode"):
+    with pytest.raises(Conflict, match="unload is not allowed in poll mode"):
         poll.unload("m")
     poll.load("m")  # in poll mode: re-read this model now
     with pytest.raises(ValueError, match="unknown model control mode"):

@@ -168,4 +168,4 @@ def test_poll_mode_loads_now_and_refuses_unload(root: Path) -> None:
         # /docs: the examples name the served version
         assert examples(client) == {"name": "m", "version": "2"}
         response = client.post("/v2/repository/models/m/unload")
-        assert response.status_code == 400 and "not allowed in poll mode" in response.json()["error"]
+        assert response.status_code == 409 and "not allowed in poll mode" in response.json()["error"]

@@ -9,10 +9,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import contract
+from service.decoding import FLOAT32_MAX
 from service.errors import BadRequest, ModelLoadError
 from service.lifecycle import ModelManager
 from service.runtime import load_model, probe_rows
-from tests.service.conftest import IRIS_FEATURES, Repo, make_contract, write_model
+from tests.service.conftest import IRIS_FEATURES, Repo, build_onnx, make_contract, write_model
 
 
 def test_runtime_matches_the_closed_form(repo: Repo) -> None:
@@ -136,3 +137,35 @@ def test_probe_rows_come_from_the_training_statistics() -> None:
     assert x.dtype == np.float32 and x.shape == (12, 2)
     np.testing.assert_array_equal(x[:3], [[1.0, 2.0], [0.0, 0.0], [2.0, 4.0]])
     np.testing.assert_array_equal(x[3:, 1], [10.0 * i for i in range(9)])
+
+
+def _linear_regression(tmp_path: Path, weights: list[float]) -> Path:
+    """``y = x @ W`` on three features: the largest output over the box ``|x| <= B`` is ``B * sum|W|``."""
+    rng = np.random.default_rng(5)
+    mc = make_contract(contract.TASK_REGRESSION, ["a", "b", "c"], ["y"], rng)
+    W = np.array(weights, dtype=np.float32).reshape(3, 1)
+    proto = build_onnx(contract.TASK_REGRESSION, W, np.zeros(1, np.float32), mc.to_metadata())
+    return write_model(tmp_path, "linear", 1, proto)
+
+
+def test_the_input_limit_keeps_every_output_finite_with_a_margin(tmp_path: Path) -> None:
+    """The closed form: over ``|x| <= L`` the output reaches ``L * sum|W|`` (a corner of the box), which must
+    stay below the float32 maximum by the margin of 1e6; ``L`` is the largest power of ten that does."""
+    weights = [3e20, -2e20, 1e20]  # sum |W| = 6e20
+    model = load_model("linear", 1, _linear_regression(tmp_path, weights))
+    total = float(np.abs(weights).sum())
+    want = 10.0 ** np.floor(np.log10(FLOAT32_MAX / (total * 1e6)))  # 1e11
+    assert model.input_limit == want == 1e11
+    worst = np.array([[1.0, -1.0, 1.0]], np.float32) * np.float32(want)  # the worst corner: finite
+    assert np.isfinite(model.predict(worst)["prediction"]).all()
+    # a million times further, the corner overflows: the margin is what the limit keeps
+    with pytest.raises(BadRequest, match="non-finite 'prediction'"):
+        model.predict(worst * np.float32(1e7))
+
+
+def test_a_model_that_overflows_near_its_training_range_is_refused(tmp_path: Path) -> None:
+    path = _linear_regression(tmp_path, [1e32, 1e32, 1e32])  # finite on the training probes, not 1e6 beyond
+    with pytest.raises(
+        ModelLoadError, match="overflow float32 on inputs within a factor 1e6 of the training"
+    ):
+        load_model("linear", 1, path)

@@ -88,6 +88,7 @@ def test_model_metadata(client: TestClient) -> None:
         {"name": "label", "datatype": "INT64", "shape": [-1]},
     ]
     assert body["parameters"]["class_labels"] == list(range(10))
+    assert body["parameters"]["input_range"] == [-1e32, 1e32]  # test_runtime.py checks how it is found
     assert client.get("/v2/models/digits/versions/1").json()["versions"] == ["1"]
     house = client.get("/v2/models/house").json()
     assert house["outputs"] == [{"name": "prediction", "datatype": "FP32", "shape": [-1, 1]}]
