@@ -15,7 +15,17 @@ import numpy as np
 import orjson
 
 import contract
-from service.decoding import describe, has_literals, loads, nested_rows, numbers_to_rows, to_float32_rows
+from service.decoding import (
+    Numbers,
+    checked_rows,
+    describe,
+    has_literals,
+    loads,
+    loads_tensors,
+    nested_rows,
+    numbers_to_rows,
+    to_float32_rows,
+)
 from service.errors import BadRequest, PayloadTooLarge
 from service.runtime import ModelRuntime
 
@@ -117,7 +127,9 @@ def parse_infer_request(
         binary = view[json_size:]
     else:
         head = memoryview(body)
-        request = loads(body)
+        request = loads_tensors(body)  # the data arrays straight to float64, when nothing is unusual
+        if request is None:
+            request = loads(body)
         binary = memoryview(b"")
     if not isinstance(request, dict):
         raise BadRequest(f"the request must be a JSON object, got {describe(request)}")
@@ -198,6 +210,24 @@ def _decode_input(
                 f"the body carries {len(binary)} bytes after the JSON header but no input has binary_data_size"
             )
         data = tensor.get("data")
+        if isinstance(
+            data, Numbers
+        ):  # parsed straight to float64 (decoding.loads_tensors): only the shape to check
+            if data.widths is not None:
+                if len(data.widths) != n_rows:
+                    raise BadRequest(f"shape {shape} has {n_rows} rows but 'data' has {len(data.widths)}")
+                for i, width in enumerate(data.widths):
+                    if width != n_cols:
+                        raise BadRequest(f"expected {n_cols} features per row, got {width} (row {i})")
+            elif len(data.values) != n_rows * n_cols:
+                raise BadRequest(
+                    f"shape {shape} needs {n_rows * n_cols} values but 'data' has {len(data.values)}"
+                )
+            return checked_rows(
+                data.values.reshape(n_rows, n_cols),
+                integral=DATATYPES[datatype].kind in "iu",
+                bounds=BOUNDS.get(datatype),
+            )
         if not isinstance(data, list):
             raise BadRequest(f"input 'input' needs 'data' (a list of numbers), got {describe(data)}")
         if data and isinstance(data[0], list):
