@@ -191,13 +191,17 @@ def numbers_to_rows(
             raise BadRequest(
                 "a value is far outside the float32 range; expected a finite float32 number"
             ) from None
-    return checked_rows(values.reshape(n_rows, n_cols), integral, bounds)
+    return checked_rows(values.reshape(n_rows, n_cols), integral, bounds, limit)
 
 
 def checked_rows(
-    values: np.ndarray, integral: bool = False, bounds: tuple[float, float] | None = None
+    values: np.ndarray,
+    integral: bool = False,
+    bounds: tuple[float, float] | None = None,
+    limit: float = FLOAT32_MAX,
 ) -> np.ndarray:
-    """Float64 rows (N, F) of numbers -> finite float32, checked as :func:`numbers_to_rows` does."""
+    """Float64 rows (N, F) of numbers -> finite float32 within ``limit``, checked as :func:`numbers_to_rows`
+    does."""
     if integral:
         whole = np.floor(values) == values
         if not whole.all():

@@ -212,7 +212,7 @@ def _decode_input(
         data = tensor.get("data")
         if isinstance(
             data, Numbers
-        ):  # parsed straight to float64 (decoding.loads_tensors): only the shape to check
+        ):  # parsed straight to float64 (decoding.loads_tensors): the shape is left
             if data.widths is not None:
                 if len(data.widths) != n_rows:
                     raise BadRequest(f"shape {shape} has {n_rows} rows but 'data' has {len(data.widths)}")
@@ -227,6 +227,7 @@ def _decode_input(
                 data.values.reshape(n_rows, n_cols),
                 integral=DATATYPES[datatype].kind in "iu",
                 bounds=BOUNDS.get(datatype),
+                limit=model.input_limit,
             )
         if not isinstance(data, list):
             raise BadRequest(f"input 'input' needs 'data' (a list of numbers), got {describe(data)}")

@@ -119,9 +119,11 @@ def test_what_the_fast_route_cannot_vouch_for_goes_the_exact_way(body: bytes, mo
         request([1.5, 2, 3, 4], [1, 4], "INT32"),  # not whole
         request([300, 2, 3, 4], [1, 4], "UINT8"),  # out of the datatype's range
         request([1e39, 2, 3, 4], [1, 4], "FP64"),  # beyond float32
+        request([1, 2, 3e37, 4], [1, 4]),  # beyond the model's input range (ModelRuntime.input_limit)
         request([], [1, 4]),
     ],
 )
 def test_errors_read_the_same_both_ways(body: bytes, model: ModelRuntime) -> None:
+    assert model.input_limit < 3e37
     assert loads_tensors(body) is not None  # taken by the fast route, refused by the same checks
     assert same(body, model)[0] == "error"
