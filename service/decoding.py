@@ -57,8 +57,8 @@ def loads_tensors(body: bytes | memoryview) -> Any:
     as :class:`Numbers`; None when that cannot be vouched for (then :func:`loads` and the exact checks)."""
     try:
         return _loads_tensors(body)
-    except (ValueError, TypeError, RuntimeError):  # not JSON, a number beyond 64 bits...: the exact path says
-        return None
+    except Exception:  # not JSON, a number beyond 64 bits, a key simdjson cannot look up...: the exact path
+        return None  # decides, and says what is wrong
 
 
 def _loads_tensors(body: bytes | memoryview) -> Any:
@@ -67,7 +67,10 @@ def _loads_tensors(body: bytes | memoryview) -> Any:
         return None
     request: dict[str, Any] = {}
     arrays = 0  # arrays seen, to check against the body's "[" count: nothing hid inside a data array
-    for key in doc.keys():
+    keys = list(doc.keys())
+    if len(set(keys)) != len(keys):  # a repeated key: orjson keeps the last, simdjson finds the first
+        return None
+    for key in keys:
         value = doc[key]
         if key == "inputs" and isinstance(value, simdjson.Array):
             inputs: list[Any] = []
@@ -76,7 +79,10 @@ def _loads_tensors(body: bytes | memoryview) -> Any:
                 if not isinstance(tensor, simdjson.Object):
                     return None
                 converted: dict[str, Any] = {}
-                for name in tensor.keys():
+                names = list(tensor.keys())
+                if len(set(names)) != len(names):
+                    return None
+                for name in names:
                     field = tensor[name]
                     if name == "data" and isinstance(field, simdjson.Array):
                         numbers = _numbers(field)

@@ -102,6 +102,14 @@ def test_a_plain_request_takes_the_fast_route() -> None:
         b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 1e999, 3, 4]}]}',
         b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}',
         b"[1, 2, 3, 4]",
+        # a repeated key (orjson keeps the last one), at the top and in a tensor
+        b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}], '
+        b'"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5, 6, 7, 8]}]}',
+        b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4], '
+        b'"data": [5, 6, 7, 8]}]}',
+        # a key with a NUL, which simdjson lists but cannot look up (found by schemathesis)
+        b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}], '
+        b'"\\u0000x": 1}',
     ],
 )
 def test_what_the_fast_route_cannot_vouch_for_goes_the_exact_way(body: bytes, model: ModelRuntime) -> None:
