@@ -2,14 +2,15 @@
 
     python -m benchmarks.big_table write big.csv [--rows 1000000] [--cols 20]   # ~185 MB, not committed
     python -m benchmarks.big_table load big.csv [--loader MODULE]               # seconds, peak RSS
-    python -m benchmarks.big_table train big.csv [--epochs 5]                   # seconds per epoch
+    python -m benchmarks.big_table train big.csv [--epochs 5] [--batch 512]     # seconds per epoch
 
 ``load`` runs in a fresh process: the loader's module (with numpy and pyarrow) is imported first, then the
 resident memory is read, the file loaded, and the peak resident memory (``ru_maxrss``) read again; the
 difference is the loader's, to compare with its final arrays (features and labels). It prints wall and CPU
 seconds (the CPU time does not depend on what else the machine runs). ``--loader`` names another module with
 a ``load_csv(path, target)`` (e.g. an older ``training/data.py`` saved elsewhere) to measure it the same way.
-``train`` uses the command line's size-aware defaults and prints the wall time of every epoch, so that a
+``train`` uses the command line's size-aware defaults (``--epochs``, ``--batch`` override them; early
+stopping is off so that every epoch runs) and prints the wall and CPU time of every epoch, so that a
 slowdown over the run shows.
 """
 
@@ -84,7 +85,7 @@ def load(path: Path, loader: str | None) -> None:
     )
 
 
-def train_epochs(path: Path, epochs: int | None) -> None:
+def train_epochs(path: Path, epochs: int | None, batch: int | None) -> None:
     from training.data import load_csv, split
     from training.train import Step, TrainConfig, sized, sized_hidden, train
 
@@ -93,23 +94,29 @@ def train_epochs(path: Path, epochs: int | None) -> None:
     size = sized(n_train)
     if epochs:
         size["epochs"] = epochs
-    stamps: list[tuple[int, float]] = []
+    if batch:
+        size["batch_size"] = batch
+    # Every epoch runs (no early stopping): the times compare the start of a run with its end.
+    config = TrainConfig(**{k: v for k, v in size.items() if k != "patience"}, patience=None)
+    stamps: list[tuple[int, float, float]] = []
 
     def on_step(step: Step) -> bool:
         if not stamps or step.epoch != stamps[-1][0]:
-            stamps.append((step.epoch, time.perf_counter()))
+            stamps.append((step.epoch, time.perf_counter(), cpu_seconds()))
         return False
 
     start = time.perf_counter()
-    result = train(
-        ds, hidden=sized_hidden(n_train), config=TrainConfig(**size), progress=True, on_step=on_step
-    )
+    result = train(ds, hidden=sized_hidden(n_train), config=config, progress=True, on_step=on_step)
     total = time.perf_counter() - start
     # An epoch's time: from its first step to the next epoch's first step (its validation included).
-    times = [b - a for (_, a), (_, b) in itertools.pairwise(stamps[1:])]
+    times = [b - a for (_, a, _), (_, b, _) in itertools.pairwise(stamps[1:])]
+    cpu = [b - a for (_, _, a), (_, _, b) in itertools.pairwise(stamps[1:])]
     rate = n_train / np.median(times) if times else float("nan")
-    print(f"defaults {size}; {len(result.history)} epochs in {total:.0f} s; {rate:,.0f} training rows/s")
+    print(
+        f"settings {size}, no early stopping; {len(result.history)} epochs in {total:.0f} s; {rate:,.0f} training rows/s"
+    )
     print("epoch seconds: " + ", ".join(f"{t:.1f}" for t in times))
+    print("epoch CPU seconds: " + ", ".join(f"{t:.1f}" for t in cpu))
     print(f"test: {result.metrics['test']}")
 
 
@@ -121,6 +128,7 @@ def main() -> int:
     p.add_argument("--cols", type=int, default=20)
     p.add_argument("--loader", help="a file with another load_csv(path, target) to measure")
     p.add_argument("--epochs", type=int, help="train: override the size-aware epoch budget")
+    p.add_argument("--batch", type=int, help="train: override the size-aware batch size")
     args = p.parse_args()
     if args.mode == "write":
         write(args.path, args.rows, args.cols)
@@ -128,7 +136,7 @@ def main() -> int:
     elif args.mode == "load":
         load(args.path, args.loader)
     else:
-        train_epochs(args.path, args.epochs)
+        train_epochs(args.path, args.epochs, args.batch)
     return 0
 
 
