@@ -6,6 +6,7 @@ bias changes the function, not its complexity). Parameters are updated in place.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -66,12 +67,13 @@ class Adam(Optimizer):
     paragraph), so ``eps`` acts as ``eps / sqrt(1 - beta2^t)``; weight decay is decoupled as in AdamW
     (Loshchilov & Hutter 2019).
 
-    Moments below the smallest normal number of their type are set to zero after each step. A parameter
+    Moments below the smallest normal number of their type are flushed to zero after each step
+    (:func:`flush_subnormal`). A parameter
     whose gradient stays zero (the weights of a dead ReLU unit) has moments that decay geometrically into the
     subnormal range, where every arithmetic operation on them is many times slower on x86: a long run then
     slowed down epoch after epoch (issue 14: 10 % of the moments subnormal by epoch 20, 9.9 s -> 28 s per
-    epoch). Zero instead of a number below 1.2e-38 changes no step: ``m / (sqrt(v) + eps)`` with ``eps`` =
-    1e-8 is then below 1e-30.
+    epoch). Rounding a moment to a multiple of 1.2e-38 changes no step: ``m / (sqrt(v) + eps)`` with ``eps``
+    = 1e-8 then moves by less than 1e-30.
     """
 
     def __init__(
@@ -106,8 +108,8 @@ class Adam(Optimizer):
         step = self.lr * math.sqrt(1.0 - self.b2**self.t) / (1.0 - self.b1**self.t)
         if self.weight_decay and decays(name):
             p *= 1.0 - self.lr * self.weight_decay
-        flush_subnormal(m, tmp)
-        flush_subnormal(v, tmp)
+        flush_subnormal(m)
+        flush_subnormal(v)
         np.sqrt(v, out=tmp)
         tmp += self.eps
         np.divide(m, tmp, out=tmp)
@@ -115,11 +117,27 @@ class Adam(Optimizer):
         p -= tmp
 
 
-def flush_subnormal(a: np.ndarray, scratch: np.ndarray) -> None:
-    """Set the entries of ``a`` smaller in magnitude than its type's smallest normal number to zero, in place
-    (``scratch``: a work array of ``a``'s shape and type)."""
-    np.abs(a, out=scratch)
-    np.copyto(a, 0, where=scratch < np.finfo(a.dtype).smallest_normal)
+def flush_subnormal(a: np.ndarray) -> None:
+    """Flush the subnormal entries of ``a`` (float, in place): each becomes 0 or ``±tiny``, the type's
+    smallest normal number.
+
+    Two scalar additions, a fraction of the cost of a mask and a select (Adam's update of a 256 x 256 float32
+    weight: 118 -> 148 us, against 600 us with ``np.copyto(a, 0, where=abs(a) < tiny)``). Adding
+    ``c = 1.5 * tiny / eps`` rounds each sum to the spacing of floats near ``c``, which is ``tiny``, and
+    subtracting ``c`` again leaves a multiple of ``tiny``: no subnormal survives. ``c`` is not a power of two,
+    so that the spacing is the same just below it (below a power of two it halves, to a subnormal). An entry
+    moves by at most ``tiny`` or one spacing of its own (a relative 1.2e-7 in float32), and one of at least
+    ``4 c / eps`` (4.9e-24 in float32) does not move at all.
+    """
+    c = _flush_constant(a.dtype)
+    a += c
+    a -= c
+
+
+@functools.cache
+def _flush_constant(dtype: np.dtype) -> np.floating:
+    info = np.finfo(dtype)
+    return dtype.type(1.5 * float(info.smallest_normal) / float(info.eps))
 
 
 def make_optimizer(name: str, lr: float, weight_decay: float, momentum: float = 0.9) -> Optimizer:

@@ -8,7 +8,7 @@ import pytest
 from tests.training.conftest import numerical_gradient, rel_error
 from training.layers import mean_squared_error, softmax_cross_entropy
 from training.network import MLP, BlockStats, MLPConfig
-from training.optim import SGD, Adam, decays, scheduled_lr
+from training.optim import SGD, Adam, decays, flush_subnormal, scheduled_lr
 
 
 def small_net(activation: str = "tanh", batchnorm: bool = True, n_out: int = 3, seed: int = 0) -> MLP:
@@ -113,6 +113,24 @@ def test_adam_moments_never_go_subnormal_and_steps_match_float64():
             assert not ((moment != 0) & (np.abs(moment) < tiny)).any(), t
     assert seen_subnormal_in_float64  # the unflushed moments do pass through float32's subnormal range
     np.testing.assert_allclose(p, ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_flush_subnormal_rounds_only_the_smallest_values(dtype):
+    info = np.finfo(dtype)
+    rng = np.random.default_rng(0)
+    exponents = rng.uniform(np.log10(float(info.smallest_subnormal)), 3, 20_000)
+    x = (rng.choice([-1.0, 1.0], 20_000) * 10.0**exponents).astype(dtype)
+    x[:4] = [0, info.smallest_normal, -info.smallest_subnormal, info.smallest_normal * 0.75]
+    y = x.copy()
+    flush_subnormal(y)
+    tiny = info.smallest_normal
+    assert not ((y != 0) & (np.abs(y) < tiny)).any()  # no subnormal left
+    assert (y[np.abs(x) < tiny / 2] == 0).all()
+    big = np.abs(x) >= 4 * (1.5 * tiny / info.eps) / info.eps  # 4 c / eps: c is below half their spacing
+    np.testing.assert_array_equal(y[big], x[big])  # the values that matter are not touched
+    change = np.abs(y.astype(np.float64) - x.astype(np.float64))
+    assert (change <= np.maximum(float(tiny), np.spacing(np.abs(x)).astype(np.float64))).all()
 
 
 def test_schedules():
