@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import contract
 from service.errors import BadRequest
 from service.runtime import ModelRuntime
 
@@ -38,6 +37,7 @@ class _Job:
     x: np.ndarray  # (n, F) float32
     hidden: tuple[str, ...]  # hidden outputs the client named
     future: asyncio.Future[Results]
+    categorical: np.ndarray | None = None  # (n, K) str, for a model with a ``categorical`` input
 
 
 class Batcher:
@@ -56,13 +56,19 @@ class Batcher:
         self.runs = 0  # session runs made, and rows served through them: the mean batch is rows / runs
         self.rows = 0
 
-    async def infer(self, model: ModelRuntime, x: np.ndarray, hidden: Sequence[str] = ()) -> Results:
+    async def infer(
+        self,
+        model: ModelRuntime,
+        x: np.ndarray,
+        hidden: Sequence[str] = (),
+        categorical: np.ndarray | None = None,
+    ) -> Results:
         """``model``'s outputs on rows ``x`` (as :meth:`ModelRuntime.predict`), computed with whatever other
         requests for the same model arrive in this loop iteration; :class:`BadRequest` for this request's own
         non-finite outputs."""
         model.check_rows(x)
         loop = asyncio.get_running_loop()
-        job = _Job(x, tuple(hidden), loop.create_future())
+        job = _Job(x, tuple(hidden), loop.create_future(), categorical)
         entry = self._pending.get(id(model))
         if entry is None:
             self._pending[id(model)] = (model, [job])
@@ -101,10 +107,13 @@ class Batcher:
         """One session run over the batch's rows; each job's own outputs (views) or its error."""
         try:
             x = batch[0].x if len(batch) == 1 else np.concatenate([job.x for job in batch])  # (N, F)
+            s = None  # (N, K), a model with a categorical input only
+            if batch[0].categorical is not None:
+                s = _join([job.categorical for job in batch if job.categorical is not None])
             layers = model.watches_layers
             hidden = sorted({name for job in batch for name in job.hidden})
             names = model.run_names(hidden, layers)
-            results = dict(zip(names, model.session.run(names, {contract.INPUT_NAME: x})))
+            results = dict(zip(names, model.session.run(names, model.feed(x, s))))
         except Exception as exc:
             return [exc] * len(batch)
         self.runs += 1
@@ -123,10 +132,14 @@ class Batcher:
             start = stop
         # The observers see the rows that were answered (all of them, but for a rare non-finite request).
         if len(served) == len(batch):
-            model.observe(x, results if layers else None)
+            model.observe(x, results if layers else None, s)
         elif served:
-            keep = np.concatenate([np.arange(s.start, s.stop) for s in served])
-            model.observe(x[keep], {n: v[keep] for n, v in results.items()} if layers else None)
+            keep = np.concatenate([np.arange(part.start, part.stop) for part in served])
+            model.observe(
+                x[keep],
+                {n: v[keep] for n, v in results.items()} if layers else None,
+                None if s is None else s[keep],
+            )
         return out
 
     @staticmethod
@@ -138,3 +151,7 @@ class Batcher:
                 job.future.set_exception(result)
             else:
                 job.future.set_result(result)
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -134,6 +134,7 @@ class Decoded(Generic[T]):
     x: np.ndarray  # (N, F)
     hidden: list[str]
     encode: Callable[[dict[str, np.ndarray]], T]
+    categorical: np.ndarray | None = None  # (N, K) str: the ``categorical`` input of a model that has one
 
 
 def decode_v2(
@@ -156,7 +157,7 @@ def decode_v2(
             content, headers = v2.encode_infer_response(model, request, results)
         return Reply(content, headers)
 
-    return Decoded(model, request.x, hidden, encode)
+    return Decoded(model, request.x, hidden, encode, request.categorical)
 
 
 def decode_grpc(model: ModelRuntime, request: Any, limits: Limits, info: RequestInfo) -> Decoded[Any]:
@@ -170,7 +171,7 @@ def decode_grpc(model: ModelRuntime, request: Any, limits: Limits, info: Request
         with step(info.trace, "encode"):
             return v2_grpc.encode_infer_response(model, decoded, results)
 
-    return Decoded(model, decoded.x, hidden, encode)
+    return Decoded(model, decoded.x, hidden, encode, decoded.categorical)
 
 
 def decode_v1(
@@ -179,21 +180,21 @@ def decode_v1(
     """V1 ``:predict``: ``{"instances": ...}`` in, ``{"predictions": ...}`` out."""
     with step(info.trace, "decode"):
         body = decompress(body, encoding, limits.max_body_bytes)
-        x = v1.parse_predict_request(body, model, limits.max_batch_rows)
+        x, categorical = v1.parse_predict_request(body, model, limits.max_batch_rows)
     info.rows = len(x)
 
     def encode(results: dict[str, np.ndarray]) -> Reply:
         with step(info.trace, "encode"):
             return Reply(v1.encode_predict_response(model, results), {"Content-Type": JSON})
 
-    return Decoded(model, x, [], encode)
+    return Decoded(model, x, [], encode, categorical)
 
 
 def _whole(decode: Callable[..., Decoded[T]], info: RequestInfo, *args: Any) -> T:
     """Decode, predict and encode in one go (on an inference thread)."""
     decoded = decode(*args)
     with step(info.trace, "inference"):
-        results = decoded.model.predict(decoded.x, decoded.hidden)
+        results = decoded.model.predict(decoded.x, decoded.hidden, decoded.categorical)
     return decoded.encode(results)
 
 
@@ -249,9 +250,11 @@ class Offload:
             decoded = decode(*args)
             with step(info.trace, "inference"):
                 if self.batcher is None:
-                    results = decoded.model.predict(decoded.x, decoded.hidden)
+                    results = decoded.model.predict(decoded.x, decoded.hidden, decoded.categorical)
                 else:
-                    results = await self.batcher.infer(decoded.model, decoded.x, decoded.hidden)
+                    results = await self.batcher.infer(
+                        decoded.model, decoded.x, decoded.hidden, decoded.categorical
+                    )
             return decoded.encode(results)
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, functools.partial(_whole, decode, info, *args)

@@ -165,13 +165,15 @@ def numbers_to_rows(
     booleans_possible: bool = True,
     bounds: tuple[float, float] | None = None,
     limit: float = FLOAT32_MAX,
+    nan_columns: np.ndarray | None = None,
 ) -> np.ndarray:
     """A flat list of ``n_rows * n_cols`` JSON numbers -> finite float32 (n_rows, n_cols).
 
     Strings, booleans, nulls and nested lists are refused (numpy would quietly turn ``"1"`` or ``true`` into
     1.0); with ``integral`` the values must be whole numbers (an INT datatype was declared); with ``bounds``
-    they must lie within them (the declared datatype's range); ``limit`` is the model's input limit
-    (:func:`to_float32_rows`). ``booleans_possible=False`` (the body holds
+    they must lie within them (the declared datatype's range); ``limit`` is the model's input limit and
+    ``nan_columns`` the columns where NaN is a missing cell (the caller turned a null into NaN where it may
+    stand) (:func:`to_float32_rows`). ``booleans_possible=False`` (the body holds
     no ``true``/``false``: :func:`has_literals`) allows the fast conversion: ``array('d', ...)`` refuses every
     other non-number by itself, in one C loop, where a type check of each element cost as much again.
     """
@@ -197,7 +199,7 @@ def numbers_to_rows(
             raise BadRequest(
                 "a value is far outside the float32 range; expected a finite float32 number"
             ) from None
-    return checked_rows(values.reshape(n_rows, n_cols), integral, bounds, limit)
+    return checked_rows(values.reshape(n_rows, n_cols), integral, bounds, limit, nan_columns)
 
 
 def checked_rows(
@@ -205,19 +207,21 @@ def checked_rows(
     integral: bool = False,
     bounds: tuple[float, float] | None = None,
     limit: float = FLOAT32_MAX,
+    nan_columns: np.ndarray | None = None,
 ) -> np.ndarray:
     """Float64 rows (N, F) of numbers -> finite float32 within ``limit``, checked as :func:`numbers_to_rows`
     does."""
+    checked = values if nan_columns is None else np.nan_to_num(values, nan=0.0)  # missing cells: not values
     if integral:
-        whole = np.floor(values) == values
+        whole = np.floor(checked) == checked
         if not whole.all():
             r, c = (int(i) for i in np.argwhere(~whole)[0])
             raise BadRequest(
                 f"value at row {r}, column {c} is not an integer, but an INT datatype was declared"
             )
     if bounds is not None:
-        check_bounds(values, bounds)
-    return to_float32_rows(values, limit)
+        check_bounds(checked, bounds)
+    return to_float32_rows(values, limit, nan_columns)
 
 
 def check_bounds(values: np.ndarray, bounds: tuple[float, float]) -> None:
@@ -243,12 +247,15 @@ def nested_rows(data: list[Any], n_cols: int) -> list[Any]:
     return list(chain.from_iterable(data))
 
 
-def to_float32_rows(values: np.ndarray, limit: float = FLOAT32_MAX) -> np.ndarray:
+def to_float32_rows(
+    values: np.ndarray, limit: float = FLOAT32_MAX, nan_columns: np.ndarray | None = None
+) -> np.ndarray:
     """Real-valued rows (N, F) of any numeric dtype -> float32; :class:`BadRequest` names the first bad cell.
 
     NaN, infinities and finite values beyond the float32 range are refused rather than silently turned into
     ``inf`` by the cast, and so are values beyond the model's input ``limit`` (``ModelRuntime.input_limit``:
-    past it the model's outputs may overflow).
+    past it the model's outputs may overflow). NaN only where ``nan_columns`` (bool ``(F,)``: the imputed
+    features) allows it, as a missing cell the graph imputes.
     """
     if values.dtype.kind == "f" or (values.dtype.kind in "iu" and np.iinfo(values.dtype).max > limit):
         # One reduction on the common path (NaN propagates through max); the masks only to name the cell.
@@ -259,6 +266,10 @@ def to_float32_rows(values: np.ndarray, limit: float = FLOAT32_MAX) -> np.ndarra
         if not largest <= limit:  # also true for NaN and both infinities
             # float64: an FP16 array cannot hold the limit; False for NaN
             ok = np.abs(wide.astype(np.float64)) <= limit
+            if nan_columns is not None:
+                ok |= np.isnan(wide) & nan_columns
+                if ok.all():
+                    return values.astype(np.float32, copy=False)
             r, c = (int(i) for i in np.argwhere(~ok)[0])
             v = float(values[r, c])
             if not abs(v) <= FLOAT32_MAX:  # NaN, infinite, or beyond float32

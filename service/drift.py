@@ -200,7 +200,7 @@ class DriftMonitor:
         shared: Path | None = None,
     ) -> DriftMonitor:
         """A monitor for the model a :class:`contract.ModelContract` describes."""
-        return cls(contract.input_stats, contract.feature_names, config, name=name, shared=shared)
+        return cls(contract.input_stats, contract.numeric_names, config, name=name, shared=shared)
 
     def _reset_state(self) -> None:
         """Zero rows; called with the lock held (or before anyone else can see the state)."""

@@ -22,10 +22,13 @@ from typing import Any
 import numpy as np
 
 from contract import HiddenLayerStats, ModelContract
+from service.cells import CellMonitor
 from service.drift import DriftConfig, DriftMonitor
+from service.tabular import Tabular
 
-#: Computes the hidden layers' outputs of float32 rows ``(n, F)``, one ``(n, units)`` array per layer.
-HiddenOutputs = Callable[[np.ndarray], Sequence[np.ndarray]]
+#: Computes the hidden layers' outputs of float32 rows ``(n, F)`` (and the string rows of a ``categorical``
+#: input, or None), one ``(n, units)`` array per layer.
+HiddenOutputs = Callable[[np.ndarray, np.ndarray | None], Sequence[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,9 @@ class ModelDriftMonitor(DriftMonitor):
     """Input drift plus one monitor per hidden layer; its report adds a ``layers`` list.
 
     Without ``hidden_outputs`` or hidden statistics in the contract (models exported before them), it is
-    exactly the input monitor and ``layers`` is empty.
+    exactly the input monitor and ``layers`` is empty. A model with categorical or imputed features
+    (``tabular``) is watched on its numeric features, after imputation (as the training ``input_stats``
+    were computed), and its report adds ``cells``, the missing and unknown rates of :attr:`cells`.
     """
 
     def __init__(
@@ -52,13 +57,25 @@ class ModelDriftMonitor(DriftMonitor):
         hidden_outputs: HiddenOutputs | None = None,
         shared: Path | None = None,
         layers: bool | None = None,
+        tabular: Tabular | None = None,
     ) -> None:
         """``shared``: the inputs' state file shared by the workers (see :class:`DriftMonitor`); each layer
         keeps its own beside it, ``<shared>.<layer>``. ``layers``: watch the hidden layers (by default when
         ``hidden_outputs`` is given); they are then fed by :meth:`update_layers`, or by :meth:`update`
         through ``hidden_outputs``."""
-        super().__init__(contract.input_stats, contract.feature_names, config, name=name, shared=shared)
+        super().__init__(contract.input_stats, contract.numeric_names, config, name=name, shared=shared)
         self._hidden_outputs = hidden_outputs
+        self._tabular = tabular
+        #: Missing and unknown rates per feature, fed by the service's cell counter (:mod:`service.cells`).
+        self.cells = (
+            None
+            if tabular is None
+            else CellMonitor(
+                tabular,
+                self.config.window_rows,
+                shared=None if shared is None else shared.with_name(f"{shared.name}.cells"),
+            )
+        )
         self.layers = (
             [
                 LayerMonitor(
@@ -78,32 +95,41 @@ class ModelDriftMonitor(DriftMonitor):
             else []
         )
 
-    def update(self, x: np.ndarray) -> None:
-        """Fold a batch of served rows into the input statistics and each hidden layer's."""
+    def update(self, x: np.ndarray, categorical: np.ndarray | None = None) -> None:
+        """Fold a batch of served rows (and its ``categorical`` rows, if any) into the input statistics and each
+        hidden layer's."""
         if not self.layers or not len(x):
-            super().update(x)
+            super().update(self._numbers(x))
             return
         if self._hidden_outputs is None:
             raise ValueError("this monitor is fed its hidden layers' outputs: call update_layers")
-        self.update_layers(x, self._hidden_outputs(np.asarray(x, dtype=np.float32)))
+        self.update_layers(x, self._hidden_outputs(np.asarray(x, dtype=np.float32), categorical))
 
     def update_layers(self, x: np.ndarray, outputs: Sequence[np.ndarray]) -> None:
         """Fold a batch of served rows and each hidden layer's outputs on them (``(n, units)`` per layer, the
         graph's own, from the run that served the rows) into the statistics."""
-        super().update(x)
+        super().update(self._numbers(x))
         for layer, z in zip(self.layers, outputs, strict=True):
             layer.monitor.update(z)
+
+    def _numbers(self, x: np.ndarray) -> np.ndarray:
+        """The served numbers as the training statistics saw them: a missing cell at its imputed value."""
+        return x if self._tabular is None else self._tabular.imputed_numbers(x)
 
     def reset(self) -> None:
         """Forget every live row, inputs and hidden layers alike."""
         super().reset()
         for layer in self.layers:
             layer.monitor.reset()
+        if self.cells is not None:
+            self.cells.reset()
 
     def report(self) -> dict[str, Any]:
         """The input report plus ``layers``: per hidden layer its score, whether it drifts, its top units."""
         rep = super().report()
         rep["layers"] = [self._layer_report(layer) for layer in self.layers]
+        if self.cells is not None:
+            rep["cells"] = self.cells.report()
         return rep
 
     @staticmethod

@@ -39,10 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
+import contract
 from service.errors import BadRequest, Conflict, Forbidden, ModelLoadError, NotFound, ServiceError
 from service.model_config import ConfigError, read_version_policy
 from service.repository import MODEL_FILE, VERSION_FOLDER, ModelRepository
-from service.runtime import ModelRuntime, load_model
+from service.runtime import ModelRuntime, load_model, probe_inputs
 
 log = logging.getLogger("bnserve.lifecycle")
 
@@ -107,10 +108,13 @@ def scan(root: Path) -> dict[str, dict[int, Path]]:
 
 
 def probe(runtime: ModelRuntime) -> None:
-    """One row of the training means through ``predict``: finite outputs of the promised shapes, or ValueError."""
-    x = np.asarray([runtime.contract.input_stats.mean], dtype=np.float32)  # (1, F)
+    """One row of the training means (and most frequent categories) through ``predict``: finite outputs of the
+    promised shapes, or ValueError."""
+    feed = probe_inputs(runtime.contract)
+    x = feed[contract.INPUT_NAME][:1]  # (1, F)
+    categorical = feed[contract.INPUT_CATEGORICAL][:1] if contract.INPUT_CATEGORICAL in feed else None
     try:
-        outputs = runtime.predict(x)
+        outputs = runtime.predict(x, (), categorical)
     except ServiceError as exc:
         raise ValueError(f"the probe inference failed: {exc.message}") from None
     for spec in runtime.output_specs:

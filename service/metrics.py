@@ -115,6 +115,20 @@ class Metrics:
             ["model"],
             registry=own,
         )
+        self.missing_cells = Counter(
+            "bnserve_missing_cells",
+            "Missing cells of served rows the graph imputed (null, a missing key, NaN, empty string), by model, "
+            "version and feature.",
+            ["model", "version", "feature"],
+            registry=own,
+        )
+        self.unknown_categories = Counter(
+            "bnserve_unknown_category",
+            "Categories of served rows the model was not trained on (the graph's unknown bucket), by model, "
+            "version and feature.",
+            ["model", "version", "feature"],
+            registry=own,
+        )
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self._info_labels: set[tuple[str, str, str, str, str]] = set()
 
@@ -158,6 +172,17 @@ class Metrics:
         latency.observe(seconds)
         if rows is not None:
             rows_per_request.observe(rows)
+
+    def count_cells(
+        self, model: str, version: int, features: Sequence[str], categorical: Sequence[str], counts: Any
+    ) -> None:
+        """Add a batch's :class:`service.cells.CellCounts` (``features`` and ``categorical``: their names)."""
+        for name, n in zip(features, counts.missing.tolist()):
+            if n:
+                self.missing_cells.labels(model, str(version), name).inc(n)
+        for name, n in zip(categorical, counts.unknown.tolist()):
+            if n:
+                self.unknown_categories.labels(model, str(version), name).inc(n)
 
     def render(self) -> bytes:
         """The text exposition format."""

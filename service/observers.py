@@ -40,15 +40,16 @@ class ObserverFeeder:
         self._linger = linger
         self._lock = threading.Lock()
         # (observer, rows, hidden layers' outputs or None, what), in arrival order
-        self._pending: list[tuple[Any, np.ndarray, Sequence[np.ndarray] | None, str]] = []
+        self._pending: list[tuple[Any, Any, Sequence[np.ndarray] | None, str]] = []
         self._draining_scheduled = False
         self.skipped_rows = 0
 
-    def wrap(self, observe: Observer, what: str) -> Observer:
-        """``observe``, run on the feeder thread, whichever thread the inference ran on."""
+    def wrap(self, observe: Observer, what: str, pairs: bool = False) -> Observer:
+        """``observe``, run on the feeder thread, whichever thread the inference ran on. ``pairs``: a model with
+        a ``categorical`` input, whose observers take ``(x, categorical)``."""
 
-        def fed(x: np.ndarray) -> None:
-            self._hand_over(observe, x, None, what)
+        def fed(x: Any) -> None:
+            self._hand_over(observe, x, None, what, pairs)
 
         return fed
 
@@ -60,10 +61,12 @@ class ObserverFeeder:
 
         return fed
 
-    def _hand_over(self, observe: Any, x: np.ndarray, layers: Sequence[np.ndarray] | None, what: str) -> None:
+    def _hand_over(
+        self, observe: Any, x: Any, layers: Sequence[np.ndarray] | None, what: str, pairs: bool = False
+    ) -> None:
         # A copy of the rows: the caller's array may be a view of a buffer it reuses once the response is sent.
         # The layers' outputs are the run's own arrays, which nothing writes to.
-        rows = np.array(x, copy=True)
+        rows = (np.array(x[0], copy=True), np.array(x[1], copy=True)) if pairs else np.array(x, copy=True)
         with self._lock:
             if len(self._pending) >= self._max_pending:
                 full = True
@@ -73,7 +76,7 @@ class ObserverFeeder:
                 wake = not self._draining_scheduled
                 self._draining_scheduled = True
         if full:
-            self._skip(len(x), what)
+            self._skip(len(rows[0]) if pairs else len(x), what)
         elif wake:  # else a drain is queued and will take these rows too
             self._executor.submit(self._drain)
 
@@ -83,7 +86,7 @@ class ObserverFeeder:
         with self._lock:
             pending, self._pending = self._pending, []
             self._draining_scheduled = False
-        grouped: dict[int, tuple[Any, list[np.ndarray], list[Sequence[np.ndarray]], str]] = {}
+        grouped: dict[int, tuple[Any, list[Any], list[Sequence[np.ndarray]], str]] = {}
         for observe, rows, layers, what in pending:
             group = grouped.setdefault(id(observe), (observe, [], [], what))
             group[1].append(rows)
@@ -120,5 +123,10 @@ class ObserverFeeder:
         self._executor.shutdown(wait=True)
 
 
-def _join(batches: list[np.ndarray]) -> np.ndarray:
-    return batches[0] if len(batches) == 1 else np.concatenate(batches)
+def _join(batches: list[Any]) -> Any:
+    """Batches of rows, one after another: arrays, or ``(x, categorical)`` pairs concatenated part by part."""
+    if len(batches) == 1:
+        return batches[0]
+    if isinstance(batches[0], tuple):
+        return tuple(np.concatenate(parts) for parts in zip(*batches, strict=True))
+    return np.concatenate(batches)

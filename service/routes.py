@@ -205,7 +205,7 @@ class Endpoints:
         reservoir = self.state.sample(model)  # waits for the observers to catch up
         filename = f"{model.name}-{model.version}-sample.csv"
         return Response(
-            reservoir.to_csv(model.contract.feature_names),
+            reservoir.to_csv(model.contract.numeric_names),
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -22,12 +23,14 @@ import onnxruntime as ort
 import contract
 from service.decoding import FLOAT32_MAX
 from service.errors import BadRequest, ModelLoadError
+from service.tabular import Tabular
 
 log = logging.getLogger("bnserve.runtime")
 
 #: Called with the float32 rows (N, F) of every successful inference, after the outputs are computed. The
 #: service wraps each observer (``ObserverFeeder.wrap``) so that the real work happens on its feeder thread.
-Observer = Callable[[np.ndarray], None]
+#: A model with a ``categorical`` input calls its observers with the pair ``(x, categorical)`` instead.
+Observer = Callable[[Any], None]
 #: Called with the rows and each hidden layer's outputs ``(N, units)`` of the same rows.
 LayerObserver = Callable[[np.ndarray, Sequence[np.ndarray]], None]
 
@@ -61,6 +64,11 @@ class ModelRuntime:
     layer_observers: list[LayerObserver] = field(default_factory=list)
     #: Inputs are refused beyond [-input_limit, input_limit] (:func:`input_limit`): the outputs stay finite there.
     input_limit: float = FLOAT32_MAX
+    #: The string input ``categorical`` of a model with categorical or boolean features, else None.
+    categorical_spec: TensorSpec | None = None
+    #: The features as clients send them, for a model with categorical or imputed features, else None (the
+    #: plain float path).
+    tabular: Tabular | None = field(init=False)
     #: Computed once: ``predict`` runs per request, and a property rebuilding these showed in the profile.
     output_names: tuple[str, ...] = field(init=False)
     #: The hidden layers' outputs (``bnserve.hidden_stats``): computed for a client only when it names them.
@@ -73,6 +81,14 @@ class ModelRuntime:
         self.hidden_output_names = tuple(h.output for h in self.contract.hidden_stats)
         self._run_names = list(self.output_names)
         self._float_outputs = tuple(i for i, s in enumerate(self.output_specs) if s.datatype.startswith("FP"))
+        self.tabular = Tabular.of(self.contract)
+
+    @property
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        """The graph's inputs: ``input``, then ``categorical`` when the model has one."""
+        if self.categorical_spec is None:
+            return (self.input_spec,)
+        return (self.input_spec, self.categorical_spec)
 
     @property
     def n_features(self) -> int:
@@ -82,10 +98,13 @@ class ModelRuntime:
     def is_classification(self) -> bool:
         return self.contract.task == contract.TASK_CLASSIFICATION
 
-    def predict(self, x: np.ndarray, hidden: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    def predict(
+        self, x: np.ndarray, hidden: Sequence[str] = (), categorical: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """Run the frozen test-time graph on float32 rows ``x`` (N, F); every output, all finite, plus the
         hidden outputs named in ``hidden`` (from :attr:`hidden_output_names`) when a client asks for them;
-        then hand the rows to the observers.
+        then hand the rows to the observers. ``categorical``: the string rows (N, K) of a model with a
+        ``categorical`` input (checked by the codec).
 
         Each row is computed independently of the others (BatchNorm is folded into the weights), so a
         row's result does not depend on the batch it came in: :class:`service.batching.Batcher` relies on it.
@@ -93,14 +112,21 @@ class ModelRuntime:
         self.check_rows(x)
         layers = self.watches_layers
         names = self.run_names(hidden, layers)
-        results = dict(zip(names, self.session.run(names, {contract.INPUT_NAME: x})))
+        results = dict(zip(names, self.session.run(names, self.feed(x, categorical))))
         bad = self.first_nonfinite(results, 0, len(x))
         if bad is not None:
             raise bad
-        self.observe(x, results if layers else None)
+        self.observe(x, results if layers else None, categorical)
         if layers:  # what the client asked for, not every hidden layer the observers wanted
             return {name: results[name] for name in (*self.output_names, *hidden)}
         return results
+
+    @staticmethod
+    def feed(x: np.ndarray, categorical: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The graph's inputs: ``input``, and ``categorical`` for a model that has it."""
+        if categorical is None:
+            return {contract.INPUT_NAME: x}
+        return {contract.INPUT_NAME: x, contract.INPUT_CATEGORICAL: categorical}
 
     def check_rows(self, x: np.ndarray) -> None:
         """:class:`BadRequest` unless ``x`` is float32 rows of this model's features."""
@@ -136,12 +162,19 @@ class ModelRuntime:
                 )
         return None
 
-    def observe(self, x: np.ndarray, results: dict[str, np.ndarray] | None = None) -> None:
-        """Hand served rows ``x`` to the observers, and with them the hidden layers' outputs in ``results``
-        to the layer observers (when the run computed them)."""
+    def observe(
+        self,
+        x: np.ndarray,
+        results: dict[str, np.ndarray] | None = None,
+        categorical: np.ndarray | None = None,
+    ) -> None:
+        """Hand served rows ``x`` to the observers (``(x, categorical)`` for a model with a ``categorical``
+        input), and with them the hidden layers' outputs in ``results`` to the layer observers (when the run
+        computed them)."""
+        batch = x if categorical is None else (x, categorical)
         for observe in self.observers:
             try:
-                observe(x)
+                observe(batch)
             except Exception:  # an observer must never fail a prediction
                 log.exception("observer %r failed for model %s/%d", observe, self.name, self.version)
         if results is None or not self.layer_observers:
@@ -153,11 +186,14 @@ class ModelRuntime:
             except Exception:
                 log.exception("observer %r failed for model %s/%d", observe_layers, self.name, self.version)
 
-    def hidden_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+    def hidden_outputs(self, x: np.ndarray, categorical: np.ndarray | None = None) -> list[np.ndarray]:
         """Each hidden layer's output (the extra graph outputs ``bnserve.hidden_stats`` names) on float32 rows
-        ``x`` (N, F), for the drift monitor: never part of a client's response unless it asks."""
+        ``x`` (N, F) (and the string rows of the ``categorical`` input, if any), for the drift monitor: never
+        part of a client's response unless it asks."""
         names = [h.output for h in self.contract.hidden_stats]
-        return list(self.session.run(names, {contract.INPUT_NAME: x})) if names else []
+        if not names:
+            return []
+        return list(self.session.run(names, self.feed(x, categorical)))
 
 
 def session_options(intra_op_threads: int) -> ort.SessionOptions:
@@ -194,7 +230,7 @@ def load_model(name: str, version: int, path: Path, intra_op_threads: int = 1) -
     except contract.ContractError as exc:
         raise ModelLoadError(path, f"bad contract metadata: {exc}") from None
     try:
-        input_spec, output_specs = _check_graph(session, model_contract)
+        input_spec, categorical_spec, output_specs = _check_graph(session, model_contract)
         _smoke_test(session, model_contract, output_specs)
         limit = input_limit(session, model_contract, output_specs)
     except ValueError as exc:
@@ -208,6 +244,7 @@ def load_model(name: str, version: int, path: Path, intra_op_threads: int = 1) -
         input_spec=input_spec,
         output_specs=output_specs,
         input_limit=limit,
+        categorical_spec=categorical_spec,
     )
 
 
@@ -221,13 +258,28 @@ def _ort_reason(exc: Exception) -> str:
 
 def _check_graph(
     session: ort.InferenceSession, mc: contract.ModelContract
-) -> tuple[TensorSpec, tuple[TensorSpec, ...]]:
+) -> tuple[TensorSpec, TensorSpec | None, tuple[TensorSpec, ...]]:
     """The graph's tensors must be exactly what the contract promises; ValueError naming the mismatch."""
     inputs = session.get_inputs()
-    if [i.name for i in inputs] != [contract.INPUT_NAME]:
-        raise ValueError(
-            f"graph inputs are {[i.name for i in inputs]}, the contract needs one input {contract.INPUT_NAME!r}"
+    n_categorical = len(mc.categorical_names)
+    wanted = [contract.INPUT_NAME, *([contract.INPUT_CATEGORICAL] if n_categorical else [])]
+    if [i.name for i in inputs] != wanted:
+        what = (
+            f"the inputs {wanted} (it lists {n_categorical} categorical or boolean features)"
+            if n_categorical
+            else f"one input {contract.INPUT_NAME!r}"
         )
+        raise ValueError(f"graph inputs are {[i.name for i in inputs]}, the contract needs {what}")
+    categorical_spec = None
+    if n_categorical:
+        cat = inputs[1]
+        fixed = len(cat.shape) == 2 and isinstance(cat.shape[1], int)
+        if cat.type != "tensor(string)" or len(cat.shape) != 2 or (fixed and cat.shape[1] != n_categorical):
+            raise ValueError(
+                f"input {cat.name!r} is {cat.type} {cat.shape}, expected tensor(string) [batch, {n_categorical}] "
+                "(one column per categorical feature of the contract)"
+            )
+        categorical_spec = TensorSpec(contract.INPUT_CATEGORICAL, "BYTES", (-1, n_categorical))
     inp = inputs[0]
     if inp.type != "tensor(float)":
         raise ValueError(f"input {inp.name!r} is {inp.type}, expected tensor(float)")
@@ -272,7 +324,7 @@ def _check_graph(
             what = "class labels" if name == contract.OUTPUT_PROBABILITIES else "target names"
             raise ValueError(f"metadata lists {mc.n_outputs} {what} but output {name!r} has width {width}")
         specs.append(TensorSpec(name, "FP32", (-1, mc.n_outputs)))
-    return TensorSpec(contract.INPUT_NAME, "FP32", (-1, mc.n_features)), tuple(specs)
+    return TensorSpec(contract.INPUT_NAME, "FP32", (-1, mc.n_features)), categorical_spec, tuple(specs)
 
 
 def probe_rows(stats: contract.InputStats) -> np.ndarray:
@@ -284,20 +336,48 @@ def probe_rows(stats: contract.InputStats) -> np.ndarray:
     return np.vstack([mean, mean - 2 * std, mean + 2 * std, edges]).astype(np.float32)  # (12, F)
 
 
+#: A category no model was trained on, for the probe rows: the graph must send it to its unknown bucket.
+PROBE_UNKNOWN = "\x00bnserve probe: unknown category"
+
+
+def probe_inputs(mc: contract.ModelContract) -> dict[str, np.ndarray]:
+    """The probe rows as the graph's inputs: :func:`probe_rows`, plus, for a model with categorical features,
+    each feature's categories in turn (most frequent first), an unknown category and a missing cell (``""``)
+    where the feature is imputed; imputed numeric features get a missing cell (NaN) in one row too."""
+    x = probe_rows(mc.input_stats)  # (R, F)
+    if not mc.inputs:
+        return {contract.INPUT_NAME: x}
+    rows = len(x)
+    numeric = [s for s in mc.inputs if s.is_numeric]
+    imputed = [j for j, s in enumerate(numeric) if s.impute is not None]
+    x[rows - 1, imputed] = np.nan
+    feed = {contract.INPUT_NAME: x}
+    categorical = [s for s in mc.inputs if not s.is_numeric]
+    if categorical:
+        s = np.empty((rows, len(categorical)), dtype=object)  # (R, K)
+        for j, spec in enumerate(categorical):
+            by_frequency = [c for _, c in sorted(zip(spec.frequencies, spec.categories), reverse=True)]
+            column = [by_frequency[r % len(by_frequency)] for r in range(rows - 2)]
+            column += [PROBE_UNKNOWN, "" if spec.impute is not None else by_frequency[0]]
+            s[:, j] = column
+        feed[contract.INPUT_CATEGORICAL] = s
+    return feed
+
+
 def _smoke_test(
     session: ort.InferenceSession, mc: contract.ModelContract, specs: Sequence[TensorSpec]
 ) -> None:
     """Run the probe rows: a graph whose symbolic shapes hide a mismatch, or whose outputs break the promises
     of the contract (a label that is not the argmax of a probability distribution over the classes), fails
     now rather than on a request."""
-    x = probe_rows(mc.input_stats)  # (R, F)
+    feed = probe_inputs(mc)
     try:
-        results = session.run([s.name for s in specs], {contract.INPUT_NAME: x})
+        results = session.run([s.name for s in specs], feed)
     except Exception as exc:
         raise ValueError(
-            f"a test inference on {mc.n_features} features failed ({_ort_reason(exc)})"
+            f"a test inference on {len(mc.feature_names)} features failed ({_ort_reason(exc)})"
         ) from None
-    rows = len(x)
+    rows = len(feed[contract.INPUT_NAME])
     for spec, value in zip(specs, results):
         expected = (rows, *spec.shape[1:])
         if value.shape != expected:
@@ -345,12 +425,15 @@ def input_limit(
         ]
     )
     names = [s.name for s in specs if s.datatype.startswith("FP")] + [h.output for h in mc.hidden_stats]
+    categories = probe_inputs(mc).get(contract.INPUT_CATEGORICAL)  # (12, K) or None
+    if categories is not None:  # the probe rows' categories (known, unknown, missing), over and over
+        categories = np.resize(categories, (len(directions), categories.shape[1]))  # (R, K)
     for exponent in range(38, -1, -1):
         limit = 10.0**exponent
         if limit < float(np.abs(training).max()):
             break
         x = (directions * min(limit * _LIMIT_MARGIN, FLOAT32_MAX)).astype(np.float32)
-        if all(np.isfinite(v).all() for v in session.run(names, {contract.INPUT_NAME: x})):
+        if all(np.isfinite(v).all() for v in session.run(names, ModelRuntime.feed(x, categories))):
             return limit
     raise ValueError(
         "the outputs overflow float32 on inputs within a factor 1e6 of the training range (probe rows "

@@ -11,12 +11,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
 from contract import package_version
 from service import connections
 from service.accesslog import AccessLog
+from service.cells import count_cells
 from service.dataplane import Limits, Offload
 from service.drift import DriftMonitor
 from service.errors import ModelLoadError, NotFound, NotReady
@@ -28,6 +30,7 @@ from service.repository import ModelRepository
 from service.runtime import ModelRuntime, Observer
 from service.sample import Reservoir
 from service.settings import Settings
+from service.tabular import Tabular
 from service.tracing import Tracing
 from service.watcher import RepositoryPoller
 
@@ -160,6 +163,9 @@ class ServiceState:
         its first request. The dicts are replaced, never mutated: a scrape may be reading them on another thread."""
         assert self.feeder is not None, "the feeder starts before the first model loads"
         settings, key, what = self.settings, (model.name, model.version), f"{model.name}/{model.version}"
+        tab = model.tabular
+        pairs = model.categorical_spec is not None  # observers take (x, categorical)
+        monitor: ModelDriftMonitor | None = None
         if settings.drift_enabled:
             # The hidden layers' outputs come from the run that served the rows (the layer observers). With
             # several workers, the statistics live in files every worker maps: one estimate, whichever worker
@@ -171,19 +177,39 @@ class ServiceState:
                 name=what,
                 hidden_outputs=model.hidden_outputs if layers else None,
                 shared=self.metrics.shared_path(f"drift-{model.name}-{model.version}.state"),
+                tabular=tab,
             )
             if layers:
                 model.layer_observers.append(self.feeder.wrap_layers(monitor.update_layers, what))
             else:
-                model.observers.append(self.feeder.wrap(monitor.update, what))
+                model.observers.append(self.feeder.wrap(_numbers(monitor.update, pairs), what, pairs))
             self.drift = {**self.drift, key: monitor}
         if settings.drift_sample_rows:
             # A fixed seed: the same traffic gives the same sample (still uniform over the rows)
             reservoir = Reservoir(settings.drift_sample_rows, model.n_features, seed=0)
-            model.observers.append(self.feeder.wrap(reservoir.update, what))
+            model.observers.append(self.feeder.wrap(_numbers(reservoir.update, pairs), what, pairs))
             self.samples = {**self.samples, key: reservoir}
+        if tab is not None:
+            model.observers.append(self.feeder.wrap(self._cell_counter(model, tab, monitor), what, pairs))
         if observers_for is not None:
-            model.observers.extend(self.feeder.wrap(observe, what) for observe in observers_for(model))
+            model.observers.extend(
+                self.feeder.wrap(_numbers(observe, pairs), what, pairs) for observe in observers_for(model)
+            )
+
+    def _cell_counter(self, model: ModelRuntime, tab: Tabular, monitor: ModelDriftMonitor | None) -> Observer:
+        """The observer counting missing cells and unknown categories: the metrics, the drift report's rates."""
+        names = tab.names
+        categorical = [s.name for s in tab.categorical]
+        metrics = self.metrics
+
+        def observe(batch: Any) -> None:
+            x, s = batch if isinstance(batch, tuple) else (batch, None)
+            counts = count_cells(tab, x, s)
+            metrics.count_cells(model.name, model.version, names, categorical, counts)
+            if monitor is not None and monitor.cells is not None:
+                monitor.cells.add(counts)
+
+        return observe
 
     def _detach(self, model: ModelRuntime) -> None:
         """A version that no longer serves: its monitor and sample leave the reports and the gauges."""
@@ -202,3 +228,9 @@ class ServiceState:
             await anyio.to_thread.run_sync(self.feeder.close)
         if self.offload is not None:
             await anyio.to_thread.run_sync(self.offload.close)
+
+
+def _numbers(observe: Observer, pairs: bool) -> Observer:
+    """An observer of the numeric rows only (drift, the live sample, a test's observer): ``x`` of
+    ``(x, categorical)``."""
+    return (lambda batch: observe(batch[0])) if pairs else observe

@@ -1,6 +1,7 @@
 """V1 predict codec (TensorFlow-Serving / KServe V1 style): ``{"instances": ...}`` -> ``{"predictions": ...}``.
 
-Instances are rows of numbers in the contract's feature order, or objects keyed by feature name. Predictions
+Instances are rows of numbers in the contract's feature order, or objects keyed by feature name (a model with
+categorical, boolean or imputed features takes strings, booleans and nulls too: :mod:`service.tabular`). Predictions
 speak the contract's language: the original class value and a probability per class, or the regression
 value(s). No FastAPI here.
 """
@@ -18,8 +19,11 @@ from service.errors import BadRequest, PayloadTooLarge
 from service.runtime import ModelRuntime
 
 
-def parse_predict_request(body: bytes, model: ModelRuntime, max_rows: int) -> np.ndarray:
-    """Decode ``{"instances": [...]}`` into finite float32 rows (N, F) for ``model``."""
+def parse_predict_request(
+    body: bytes, model: ModelRuntime, max_rows: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode ``{"instances": [...]}`` into float32 rows (N, F) for ``model`` (finite, but for the missing cells
+    of imputed features) and, for a model with categorical features, its string rows (N, K)."""
     request = loads(body)
     if not isinstance(request, dict):
         raise BadRequest(f"the request must be a JSON object, got {describe(request)}")
@@ -34,13 +38,18 @@ def parse_predict_request(body: bytes, model: ModelRuntime, max_rows: int) -> np
         raise BadRequest("empty batch: 'instances' is empty")
     if len(instances) > max_rows:
         raise PayloadTooLarge(f"{len(instances)} rows exceed the limit of {max_rows} rows per request")
+    if model.tabular is not None:  # categorical, boolean or imputed features (service.tabular)
+        return model.tabular.v1_rows(instances, model.input_limit)
     n_features = model.n_features
     if isinstance(instances[0], dict):
         flat = _named_rows(instances, model.contract.feature_names)
     else:
         flat = nested_rows(instances, n_features)
-    return numbers_to_rows(
-        flat, len(instances), n_features, booleans_possible=has_literals(body), limit=model.input_limit
+    return (
+        numbers_to_rows(
+            flat, len(instances), n_features, booleans_possible=has_literals(body), limit=model.input_limit
+        ),
+        None,
     )
 
 

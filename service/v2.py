@@ -28,6 +28,7 @@ from service.decoding import (
 )
 from service.errors import BadRequest, PayloadTooLarge
 from service.runtime import ModelRuntime
+from service.tabular import Tabular
 
 PLATFORM = "onnx_onnxv1"
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -63,9 +64,10 @@ BOUNDS: dict[str, tuple[float, float]] = {
 class InferRequest:
     """A decoded inference request: the rows, the outputs to return (name, as binary?) and the echoed id."""
 
-    x: np.ndarray  # (N, F) float32, finite
+    x: np.ndarray  # (N, F) float32, finite (but for NaN in the missing cells of imputed features)
     outputs: tuple[tuple[str, bool], ...]
     id: str | None
+    categorical: np.ndarray | None = None  # (N, K) str: the ``categorical`` input, when the model has one
 
 
 def server_metadata(version: str) -> dict[str, Any]:
@@ -86,11 +88,13 @@ def model_metadata(model: ModelRuntime, versions: list[int]) -> dict[str, Any]:
         parameters["class_labels"] = mc.class_labels
     else:
         parameters["target_names"] = mc.target_names
+    if mc.inputs:  # the contract describes each feature: kind, categories, imputed value, missing rate
+        parameters["features"] = [spec.to_json() for spec in mc.inputs]
     return {
         "name": model.name,
         "versions": [str(v) for v in versions],
         "platform": PLATFORM,
-        "inputs": [model.input_spec.to_json()],
+        "inputs": [spec.to_json() for spec in model.input_specs],
         "outputs": [spec.to_json() for spec in model.output_specs],
         "parameters": parameters,
     }
@@ -143,13 +147,86 @@ def parse_infer_request(
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest("'inputs' must be a non-empty list of tensors")
-    if len(inputs) != 1:
+    categorical = None
+    if model.tabular is not None:  # categorical, boolean or imputed features (service.tabular)
+        x, categorical = _decode_tabular(
+            inputs, model, model.tabular, max_rows, binary, header_length is not None, has_literals(head)
+        )
+    elif len(inputs) != 1:
         raise BadRequest(
             f"model {model.name!r} takes one input tensor {contract.INPUT_NAME!r}, got {len(inputs)}"
         )
-    x = _decode_input(inputs[0], model, max_rows, binary, header_length is not None, has_literals(head))
+    else:
+        x = _decode_input(inputs[0], model, max_rows, binary, header_length is not None, has_literals(head))
     outputs = requested_outputs(request.get("outputs"), model, binary_default)
-    return InferRequest(x=x, outputs=outputs, id=request_id)
+    return InferRequest(x=x, outputs=outputs, id=request_id, categorical=categorical)
+
+
+def tabular_inputs(names: list[Any], tab: Tabular, model_name: str) -> None:
+    """A model with categorical or imputed features takes ``input`` (and ``categorical`` when it has
+    categorical features), each once, in any order; :class:`BadRequest` otherwise (REST and gRPC)."""
+    wanted = [contract.INPUT_NAME, *([contract.INPUT_CATEGORICAL] if tab.has_categorical else [])]
+    for name in names:
+        if name not in wanted:
+            shown = repr(name[:64]) if isinstance(name, str) else describe(name)
+            raise BadRequest(f"unknown input {shown}; model {model_name!r} takes the inputs {wanted}")
+    if sorted(names) != sorted(wanted):
+        raise BadRequest(f"model {model_name!r} takes the inputs {wanted} (each once), got {names[:8]}")
+
+
+def _decode_tabular(
+    inputs: list[Any],
+    model: ModelRuntime,
+    tab: Tabular,
+    max_rows: int,
+    binary: memoryview,
+    has_binary_header: bool,
+    booleans_possible: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``input`` and ``categorical`` by name; binary data is laid out in the order of ``inputs``."""
+    for tensor in inputs:
+        if not isinstance(tensor, dict):
+            raise BadRequest(f"an input tensor must be an object, got {describe(tensor)}")
+    tabular_inputs([t.get("name") for t in inputs], tab, model.name)
+    by_name: dict[str, dict[str, Any]] = {t["name"]: t for t in inputs}
+    parts: dict[str, memoryview] = {}
+    offset = 0
+    for tensor in inputs:
+        size = _dict(tensor.get("parameters"), f"input {tensor['name']!r} parameters").get("binary_data_size")
+        if size is None:
+            parts[tensor["name"]] = binary[:0]
+            continue
+        if not _whole(size) or size < 0:
+            raise BadRequest(f"input {tensor['name']!r}: binary_data_size must be a non-negative integer")
+        parts[tensor["name"]] = binary[offset : offset + int(size)]
+        offset += int(size)
+    if offset != len(binary):
+        raise BadRequest(
+            f"binary data sizes add up to {offset} bytes but the body carries {len(binary)} bytes after the "
+            "JSON header"
+        )
+    x = _decode_input(
+        by_name[contract.INPUT_NAME],
+        model,
+        max_rows,
+        parts[contract.INPUT_NAME],
+        has_binary_header,
+        booleans_possible,
+        tab,
+    )
+    if not tab.has_categorical:
+        return x, None
+    tensor = by_name[contract.INPUT_CATEGORICAL]
+    tab.check_categorical_header(tensor.get("datatype"), tensor.get("shape"), len(x))
+    if _dict(tensor.get("parameters"), "input 'categorical' parameters").get("binary_data_size") is None:
+        return x, tab.json_strings(tensor.get("data"), len(x))
+    if "data" in tensor:
+        raise BadRequest("input 'categorical' has both 'data' and parameter binary_data_size")
+    if not has_binary_header:
+        raise BadRequest(
+            f"input 'categorical' has binary_data_size but the request has no {HEADER_LENGTH} header"
+        )
+    return x, tab.byte_strings(parts[contract.INPUT_CATEGORICAL], len(x), "input 'categorical'")
 
 
 def check_input_header(
@@ -193,7 +270,10 @@ def _decode_input(
     binary: memoryview,
     has_binary_header: bool,
     booleans_possible: bool = True,
+    tab: Tabular | None = None,
 ) -> np.ndarray:
+    """The ``input`` tensor: JSON ``data`` or its binary bytes ``binary`` -> float32 rows (N, F); with ``tab``
+    (a model with imputed features) a missing cell (JSON null, binary NaN) of an imputed feature is NaN."""
     if not isinstance(tensor, dict):
         raise BadRequest(f"an input tensor must be an object, got {describe(tensor)}")
     datatype = tensor.get("datatype")
@@ -239,6 +319,8 @@ def _decode_input(
             raise BadRequest(f"shape {shape} needs {n_rows * n_cols} values but 'data' has {len(data)}")
         else:
             flat = data
+        if tab is not None:
+            flat = tab.json_numbers(flat, n_cols)
         return numbers_to_rows(
             flat,
             n_rows,
@@ -247,6 +329,7 @@ def _decode_input(
             booleans_possible=booleans_possible,
             bounds=BOUNDS.get(datatype),
             limit=model.input_limit,
+            nan_columns=None if tab is None else tab.nan_columns,
         )
 
     if "data" in tensor:
@@ -267,7 +350,7 @@ def _decode_input(
             f"binary data sizes add up to {size} bytes but the body carries {len(binary)} bytes after the JSON header"
         )
     values = np.frombuffer(binary, dtype=dtype).reshape(n_rows, n_cols)  # (N, F)
-    return to_float32_rows(values, model.input_limit)
+    return to_float32_rows(values, model.input_limit, None if tab is None else tab.nan_columns)
 
 
 def _whole(value: Any) -> bool:

@@ -21,6 +21,7 @@ from service import proto, v2
 from service.decoding import check_bounds, to_float32_rows
 from service.errors import BadRequest
 from service.runtime import ModelRuntime
+from service.tabular import Tabular
 
 #: The ``InferTensorContents`` field that carries each datatype (FP16 has none: raw only), and its dtype.
 CONTENTS_FIELD: dict[str, str | None] = {
@@ -81,14 +82,21 @@ def parse_infer_request(request: Any, model: ModelRuntime, max_rows: int) -> v2.
     inputs = request.inputs
     if not inputs:
         raise BadRequest("'inputs' must be a non-empty list of tensors")
-    if len(inputs) != 1:
+    tab = model.tabular
+    if tab is None and len(inputs) != 1:
         raise BadRequest(
             f"model {model.name!r} takes one input tensor {contract.INPUT_NAME!r}, got {len(inputs)}"
         )
+    if tab is not None:
+        v2.tabular_inputs([t.name for t in inputs], tab, model.name)
     raw = request.raw_input_contents
     if raw and len(raw) != len(inputs):
         raise BadRequest(f"raw_input_contents has {len(raw)} entries for {len(inputs)} input tensors")
-    x = _decode_input(inputs[0], raw[0] if raw else None, model, max_rows)
+    categorical = None
+    if tab is None:
+        x = _decode_input(inputs[0], raw[0] if raw else None, model, max_rows)
+    else:
+        x, categorical = _decode_tabular(inputs, raw, model, tab, max_rows)
 
     binary_default = bool(raw)  # answer in kind unless asked otherwise
     if "binary_data_output" in parameters:
@@ -100,11 +108,38 @@ def parse_infer_request(request: Any, model: ModelRuntime, max_rows: int) -> v2.
             "a gRPC response carries every output raw or every output typed: the outputs' binary_data "
             "parameters disagree"
         )
-    return v2.InferRequest(x=x, outputs=outputs, id=request.id or None)
+    return v2.InferRequest(x=x, outputs=outputs, id=request.id or None, categorical=categorical)
 
 
-def _decode_input(tensor: Any, raw: bytes | None, model: ModelRuntime, max_rows: int) -> np.ndarray:
-    """One input tensor (header + raw bytes or typed contents) -> finite float32 rows (N, F)."""
+def _decode_tabular(
+    inputs: Any, raw: Any, model: ModelRuntime, tab: Tabular, max_rows: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``input`` and ``categorical`` by name (raw contents in the order of the inputs, or typed contents)."""
+    where = {tensor.name: k for k, tensor in enumerate(inputs)}
+    k = where[contract.INPUT_NAME]
+    x = _decode_input(inputs[k], raw[k] if raw else None, model, max_rows, tab)
+    if not tab.has_categorical:
+        return x, None
+    k = where[contract.INPUT_CATEGORICAL]
+    tensor = inputs[k]
+    tab.check_categorical_header(tensor.datatype, list(tensor.shape), len(x))
+    what = "input 'categorical'"
+    if raw:
+        if tensor.HasField("contents"):
+            raise BadRequest(f"{what} has both typed contents and raw_input_contents")
+        return x, tab.byte_strings(raw[k], len(x), what)
+    used = [f.name for f, _ in tensor.contents.ListFields()]
+    if used and used != ["bytes_contents"]:
+        raise BadRequest(f"{what} is BYTES: its values go in contents.bytes_contents, got {', '.join(used)}")
+    return x, tab.bytes_contents(tensor.contents.bytes_contents, len(x), what)
+
+
+def _decode_input(
+    tensor: Any, raw: bytes | None, model: ModelRuntime, max_rows: int, tab: Tabular | None = None
+) -> np.ndarray:
+    """One input tensor (header + raw bytes or typed contents) -> finite float32 rows (N, F); with ``tab``, NaN
+    is a missing cell of an imputed feature."""
+    nan_columns = None if tab is None else tab.nan_columns
     shape = list(tensor.shape)
     n_rows, n_cols = v2.check_input_header(tensor.name, tensor.datatype, shape, model, max_rows)
     datatype = tensor.datatype
@@ -119,7 +154,7 @@ def _decode_input(tensor: Any, raw: bytes | None, model: ModelRuntime, max_rows:
                 f"needs {needed}"
             )
         values = np.frombuffer(raw, dtype=dtype).reshape(n_rows, n_cols)  # (N, F)
-        return to_float32_rows(values, model.input_limit)
+        return to_float32_rows(values, model.input_limit, nan_columns)
     field = CONTENTS_FIELD[datatype]
     if field is None:
         raise BadRequest(f"input 'input' is {datatype}, which only raw_input_contents can carry")
@@ -141,7 +176,7 @@ def _decode_input(tensor: Any, raw: bytes | None, model: ModelRuntime, max_rows:
         array.dtype.itemsize > v2.DATATYPES[datatype].itemsize
     ):  # INT8/16 in int_contents, UINT8/16 in uint_...
         check_bounds(array.astype(np.float64), v2.BOUNDS[datatype])  # the declared range, as for JSON
-    return to_float32_rows(array, model.input_limit)
+    return to_float32_rows(array, model.input_limit, nan_columns)
 
 
 def encode_infer_response(
