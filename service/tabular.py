@@ -100,7 +100,7 @@ class Tabular:
         try:
             return to_float32_rows(x, limit, self.nan_columns)
         except BadRequest as exc:
-            raise BadRequest(self._name_column(str(exc), self.numeric)) from None
+            raise BadRequest(self.name_column(str(exc), self.numeric)) from None
 
     def check_strings(self, s: np.ndarray) -> np.ndarray:
         """Categorical rows (N, n_categorical) of str: ``""`` (missing) only in imputed columns."""
@@ -119,8 +119,9 @@ class Tabular:
         )
 
     @staticmethod
-    def _name_column(message: str, specs: Sequence[contract.InputSpec]) -> str:
-        """``... column 3 ...`` -> ``... column 3 (feature 'x') ...`` when the message names a column."""
+    def name_column(message: str, specs: Sequence[contract.InputSpec]) -> str:
+        """``... column 3 ...`` -> ``... column 3 (feature 'x') ...`` when the message names a column of the
+        numeric rows ``specs``."""
         head, sep, rest = message.partition(", column ")
         digits = rest.split(" ", 1)[0]
         if sep and digits.isdigit() and int(digits) < len(specs):

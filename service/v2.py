@@ -205,15 +205,18 @@ def _decode_tabular(
             f"binary data sizes add up to {offset} bytes but the body carries {len(binary)} bytes after the "
             "JSON header"
         )
-    x = _decode_input(
-        by_name[contract.INPUT_NAME],
-        model,
-        max_rows,
-        parts[contract.INPUT_NAME],
-        has_binary_header,
-        booleans_possible,
-        tab,
-    )
+    try:
+        x = _decode_input(
+            by_name[contract.INPUT_NAME],
+            model,
+            max_rows,
+            parts[contract.INPUT_NAME],
+            has_binary_header,
+            booleans_possible,
+            tab,
+        )
+    except BadRequest as exc:  # name the feature of a bad cell, not only its column
+        raise BadRequest(tab.name_column(exc.message, tab.numeric)) from None
     if not tab.has_categorical:
         return x, None
     tensor = by_name[contract.INPUT_CATEGORICAL]

@@ -117,7 +117,10 @@ def _decode_tabular(
     """``input`` and ``categorical`` by name (raw contents in the order of the inputs, or typed contents)."""
     where = {tensor.name: k for k, tensor in enumerate(inputs)}
     k = where[contract.INPUT_NAME]
-    x = _decode_input(inputs[k], raw[k] if raw else None, model, max_rows, tab)
+    try:
+        x = _decode_input(inputs[k], raw[k] if raw else None, model, max_rows, tab)
+    except BadRequest as exc:  # name the feature of a bad cell, not only its column
+        raise BadRequest(tab.name_column(exc.message, tab.numeric)) from None
     if not tab.has_categorical:
         return x, None
     k = where[contract.INPUT_CATEGORICAL]
