@@ -9,8 +9,10 @@ network evaluated in float64 on the design matrix the training side computes fro
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -24,26 +26,18 @@ from training.train import TrainConfig, TrainResult, train
 NAME = "gems"
 
 
-def write_table(path: Path, n: int = 240) -> Path:
-    """Numbers with and without missing cells, text with and without NA, a yes/no column, an ISO date."""
-    rng = np.random.default_rng(5)
-    cut = rng.choice(["Fair", "Good", "Ideal", "Premium"], n)
-    colour = rng.choice(["D", "E", "F"], n)
-    carat = rng.gamma(2.0, 0.4, n)
-    depth = rng.normal(61.8, 1.4, n)
-    table = rng.normal(57.0, 2.0, n)
-    boxed = rng.choice(["yes", "no"], n)
-    price = 3000 * carat + 400 * (cut == "Ideal") + 300 * (boxed == "yes") + rng.normal(0, 300, n)
-    label = np.where(price > np.median(price), "high", "low")
-    lines = ["carat,depth,table,cut,colour,boxed,sold,band"]
-    for i in range(n):
-        c = "" if i % 17 == 5 else f"{carat[i]:.2f}"
-        d = "NA" if i % 23 == 7 else f"{depth[i]:.1f}"
-        k = "NA" if i % 31 == 4 else cut[i]
-        sold = f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}"
-        lines.append(f"{c},{d},{table[i]:.1f},{k},{colour[i]},{boxed[i]},{sold},{label[i]}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def _load_example() -> ModuleType:
+    """``docs/examples/make_gems_csv.py``, the README's table: one generator for the docs and the tests."""
+    path = Path(__file__).resolve().parents[2] / "docs" / "examples" / "make_gems_csv.py"
+    spec = importlib.util.spec_from_file_location("make_gems_csv", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: Numbers with and without missing cells, text with and without NA, a yes/no column, an ISO date.
+write_table = _load_example().write_table
 
 
 @dataclass
@@ -63,7 +57,7 @@ class TabularModel:
 def train_tabular_model(root: Path) -> TabularModel:
     """Train a small network on :func:`write_table`'s table and export it into the repository ``root``."""
     root.mkdir(parents=True, exist_ok=True)
-    ds = load_csv(write_table(root.parent / f"{NAME}.csv"), "band")
+    ds = load_csv(write_table(root.parent / f"{NAME}.csv", 240), "band")
     result = train(ds, hidden=(16,), config=TrainConfig(epochs=40, seed=0), progress=False)
     report = E.export(result, root, NAME)
     from onnx import load  # the test side may use onnx; the service never does
