@@ -143,7 +143,13 @@ class Metrics:
     def set_models(self, repository: ModelRepository, load_seconds: float | None = None) -> None:
         """Record what is served now (after start-up, and after every swap): gone versions read 0."""
         labels = {
-            (m.name, str(m.version), m.contract.task, str(m.contract.n_features), str(m.contract.n_outputs))
+            (
+                m.name,
+                str(m.version),
+                m.contract.task,
+                str(len(m.contract.feature_names)),
+                str(m.contract.n_outputs),
+            )
             for m in repository
         }
         for gone in self._info_labels - labels:

@@ -176,7 +176,7 @@ def _exact_features(defs: dict[str, Any], models: list[ModelRuntime], max_rows: 
     those names, a V2 shape of ``[1..max_rows, F]``. (With models of different inputs one schema cannot tell
     which path takes which; the server's 400 names the mismatch.)"""
     names = {tuple(m.contract.feature_names) for m in models}
-    if len(names) != 1:
+    if len(names) != 1 or any(m.tabular is not None for m in models):  # strings, nulls: not these schemas
         return
     (features,) = names
     f = len(features)
@@ -221,6 +221,9 @@ def _exact_features(defs: dict[str, Any], models: list[ModelRuntime], max_rows: 
 
 def _add_examples(spec: dict[str, Any], model: ModelRuntime) -> None:
     """Working examples in /docs: the model's name and version, and a row of its training means."""
+    if model.tabular is not None:
+        _add_tabular_examples(spec, model)
+        return
     row = [round(float(v), 4) for v in model.contract.input_stats.mean]
     f = model.n_features
     v2_examples = {
@@ -248,6 +251,46 @@ def _add_examples(spec: dict[str, Any], model: ModelRuntime) -> None:
             },
         },
     }
+    _set_examples(spec, model, v1_examples, v2_examples)
+
+
+def _add_tabular_examples(spec: dict[str, Any], model: ModelRuntime) -> None:
+    """A model with categorical or imputed features: the training means and each most frequent category."""
+    mc = model.contract
+    numbers = dict(zip(mc.numeric_names, (round(float(v), 4) for v in mc.input_stats.mean)))
+    strings = {s.name: max(zip(s.frequencies, s.categories))[1] for s in mc.inputs if not s.is_numeric}
+    named: dict[str, Any] = {
+        n: numbers[n] if n in numbers else (strings[n] == "true" if _boolean(model, n) else strings[n])
+        for n in mc.feature_names
+    }
+    inputs: list[dict[str, Any]] = [
+        {"name": "input", "shape": [1, len(numbers)], "datatype": "FP32", "data": list(numbers.values())}
+    ]
+    if strings:
+        inputs.append(
+            {
+                "name": "categorical",
+                "shape": [1, len(strings)],
+                "datatype": "BYTES",
+                "data": list(strings.values()),
+            }
+        )
+    v2_examples = {"named inputs": {"summary": "one row, both inputs", "value": {"inputs": inputs}}}
+    v1_examples = {
+        "named": {"summary": "named features", "value": {"instances": [named]}},
+        "rows": {"summary": "rows in feature order", "value": {"instances": [list(named.values())]}},
+    }
+    _set_examples(spec, model, v1_examples, v2_examples)
+
+
+def _boolean(model: ModelRuntime, name: str) -> bool:
+    return any(s.name == name and s.kind == "boolean" for s in model.contract.inputs)
+
+
+def _set_examples(
+    spec: dict[str, Any], model: ModelRuntime, v1_examples: dict[str, Any], v2_examples: dict[str, Any]
+) -> None:
+    """Put the examples on every route's request body, and the model's name and version on its parameters."""
     for path, item in spec.get("paths", {}).items():
         for operation in item.values():
             for param in operation.get("parameters", []):

@@ -148,7 +148,7 @@ class ServiceState:
                 model.name,
                 model.version,
                 model.contract.task,
-                model.n_features,
+                len(model.contract.feature_names),  # all of them, numeric or not
                 model.contract.n_outputs,
                 model.path,
             )

@@ -285,3 +285,18 @@ def test_a_numeric_model_keeps_the_plain_path(repo):
     model = load_model("iris", 1, repo.root / "iris" / "1" / "model.onnx")
     assert model.tabular is None and model.categorical_spec is None
     assert [s.name for s in model.input_specs] == ["input"]
+
+
+def test_the_docs_examples_of_a_categorical_model_work(tclient):
+    spec = tclient.get("/openapi.json").json()
+    posted = 0
+    for path, item in spec["paths"].items():
+        if not path.endswith(("/infer", ":predict")) or "{version}" in path:
+            continue
+        examples = item["post"]["requestBody"]["content"]["application/json"]["examples"]
+        for example in examples.values():
+            url = path.replace("{name}", NAME)
+            r = tclient.post(url, json=example["value"])
+            assert r.status_code == 200, (url, example, r.text)
+            posted += 1
+    assert posted >= 3
