@@ -6,6 +6,7 @@ service's answers must match it within float32 rounding, whichever way a client 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from fastapi.testclient import TestClient
 
 import contract as C
 from service.app import create_app
+from service.batching import Batcher
 from service.errors import ModelLoadError
 from service.runtime import PROBE_UNKNOWN, load_model, probe_inputs
 from tests.service.conftest import settings_for
@@ -300,3 +302,23 @@ def test_the_docs_examples_of_a_categorical_model_work(tclient):
             assert r.status_code == 200, (url, example, r.text)
             posted += 1
     assert posted >= 3
+
+
+def test_requests_batched_together_keep_their_own_categories(tabular):
+    model = load_model(NAME, 1, tabular.root / NAME / "1" / "model.onnx")
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    model.observers.append(seen.append)
+    batcher = Batcher()
+
+    async def together() -> list[dict[str, np.ndarray]]:
+        return await asyncio.gather(
+            batcher.infer(model, X[:1], (), S[:1]), batcher.infer(model, X[1:], (), S[1:])
+        )
+
+    first, rest = asyncio.run(together())
+    assert batcher.runs == 1 and batcher.rows == 4
+    got = np.vstack([first["probabilities"], rest["probabilities"]])
+    np.testing.assert_allclose(got, tabular.expected(X, S), rtol=0, atol=ATOL)
+    ((x, s),) = seen  # the observers get the run's rows with their categories
+    np.testing.assert_array_equal(x, X)
+    assert s.tolist() == S.tolist()
