@@ -249,6 +249,8 @@ def test_unknown_categories_and_missing_cells_are_counted(tabular):
     weights = (1 - 1 / 1000) ** np.arange(7, -1, -1)  # the monitor's EWMA over the default horizon
     assert drift["features"][0]["mean_live"] == pytest.approx(weights @ carat / weights.sum(), rel=1e-9)
     assert drift["rows_seen"] == 8
+    # The hidden layers are watched too, from the runs that served the rows (categories and all).
+    assert [layer["rows_effective"] for layer in drift["layers"]] == [pytest.approx(8, rel=0.01)]
 
 
 def test_probe_inputs_hold_every_category_an_unknown_one_and_missing_cells(tabular):
