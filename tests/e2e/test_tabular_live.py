@@ -112,7 +112,9 @@ def test_v2_json_needs_null_for_a_missing_number_and_tritonclient_binary_sends_n
     np.testing.assert_allclose(
         result.as_numpy("probabilities"), served.model.expected(X[complete], S[complete]), rtol=0, atol=ATOL
     )
-    np.testing.assert_allclose(http_infer(served, binary=True), served.model.expected(X, S), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        http_infer(served, binary=True), served.model.expected(X, S), rtol=0, atol=ATOL
+    )
 
 
 def test_grpc_raw_and_typed_contents_match_the_float64_network(served: Served) -> None:
@@ -131,9 +133,9 @@ def test_grpc_raw_and_typed_contents_match_the_float64_network(served: Served) -
     request.inputs.add(name="input", datatype="FP32", shape=list(X.shape)).contents.fp32_contents.extend(
         X.ravel().tolist()
     )
-    request.inputs.add(name="categorical", datatype="BYTES", shape=list(S.shape)).contents.bytes_contents.extend(
-        [v.encode() for v in S.ravel()]
-    )
+    request.inputs.add(
+        name="categorical", datatype="BYTES", shape=list(S.shape)
+    ).contents.bytes_contents.extend([v.encode() for v in S.ravel()])
     with grpc.insecure_channel(served.address) as channel:
         infer = channel.unary_unary(
             proto.method_path("ModelInfer"),
@@ -206,8 +208,14 @@ def test_unknown_categories_and_missing_cells_are_counted_across_workers(served:
     old = {f["name"]: f for f in drift_before}
     deadline = time.monotonic() + 10
     while True:
-        cells = {f["name"]: f for f in json.loads(get(served.server, f"/v2/models/{NAME}/drift"))["cells"]["features"]}
-        if cells["colour"]["unknown_cells"] - old["colour"]["unknown_cells"] == 20 or time.monotonic() > deadline:
+        cells = {
+            f["name"]: f
+            for f in json.loads(get(served.server, f"/v2/models/{NAME}/drift"))["cells"]["features"]
+        }
+        if (
+            cells["colour"]["unknown_cells"] - old["colour"]["unknown_cells"] == 20
+            or time.monotonic() > deadline
+        ):
             break
         time.sleep(0.1)
     assert cells["colour"]["unknown_cells"] - old["colour"]["unknown_cells"] == 20
