@@ -188,6 +188,10 @@ def test_v2_bad_tensors_get_400(tclient):
     body["inputs"][0]["data"][0] = 7
     cases.append((body, "row 0, column 0 (feature 'cut') is int; expected a string (BYTES)"))
     body = v2_json_body()
+    body["inputs"][0]["data"] = list(range(12))  # numbers only: the fast JSON route sees no strings at all
+    body["inputs"][1]["data"] = [1.0] * 12
+    cases.append((body, "row 0, column 0 (feature 'cut') is a number; expected a string (BYTES)"))
+    body = v2_json_body()
     body["inputs"] = body["inputs"][1:]
     cases.append((body, "takes the inputs ['input', 'categorical']"))
     body = v2_json_body()
