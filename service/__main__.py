@@ -38,9 +38,18 @@ def _interrupted(sig: int, frame: FrameType | None) -> None:
     _SIGINT_AFTER_SERVING.append(True)
 
 
+#: numpy's BLAS (OpenBLAS) runs one thread per core by default, and its threads spin while they wait for
+#: work. In a server that already runs a worker per core, the drift monitors' small matrix-vector products then
+#: cost several times their CPU (7x at 512 rows on 2 cores, BENCHMARKS.md). One thread each, unless the
+#: operator says otherwise; set before numpy is first imported, and inherited by the worker processes.
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the service; returns the process exit code."""
     signal.signal(signal.SIGINT, _exit_now)
+    for name in BLAS_THREADS:
+        os.environ.setdefault(name, "1")
     # Imported here, after the handler: importing uvicorn, FastAPI and onnxruntime takes a while.
     from service.logs import configure_logging
     from service.server import serve

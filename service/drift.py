@@ -232,11 +232,15 @@ class DriftMonitor:
             x = x[finite]
         n = len(x)
         if n:
-            d = x - self._mean_train  # (n, F) float64
+            d = x.astype(np.float64)  # (n, F): a cast, then an in-place subtraction (faster than mixed types)
+            d -= self._mean_train
             w = self._moments.weights(n)  # (n,) lam**(n-1-i): the newest row weighs 1
-            moments = w @ np.concatenate((d, d * d), axis=1)  # (2F,)
-            ge = x[:, None, :] >= (self._edges_t32 if x.dtype == np.float32 else self._edges_t)  # (n, 9, F)
-            exceed = self._window.weights(n) @ ge.reshape(n, -1).astype(np.float64)  # (9 * F,)
+            moments = np.concatenate((w @ d, w @ (d * d)))  # (2F,)
+            # One weighted count per edge: an (n, F) mask at a time stays in cache, where the (n, 9, F) mask
+            # as float64 did not (3x the time from 256 rows on; the same sums, in the same order).
+            wh = self._window.weights(n)  # (n,)
+            edges = self._edges_t32 if x.dtype == np.float32 else self._edges_t  # (9, F)
+            exceed = np.concatenate([wh @ (x >= edge) for edge in edges])  # (9 * F,)
             a, ah = self._moments.lam**n, self._window.lam**n
         state = self._state
         with self._lock:
