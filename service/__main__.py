@@ -11,7 +11,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from types import FrameType
 
 
@@ -45,11 +45,16 @@ def _interrupted(sig: int, frame: FrameType | None) -> None:
 BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+def one_blas_thread(environ: MutableMapping[str, str]) -> None:
+    """One BLAS thread per process in ``environ``, where the operator has not chosen a number."""
+    for name in BLAS_THREADS:
+        environ.setdefault(name, "1")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the service; returns the process exit code."""
     signal.signal(signal.SIGINT, _exit_now)
-    for name in BLAS_THREADS:
-        os.environ.setdefault(name, "1")
+    one_blas_thread(os.environ)
     # Imported here, after the handler: importing uvicorn, FastAPI and onnxruntime takes a while.
     from service.logs import configure_logging
     from service.server import serve

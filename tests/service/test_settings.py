@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from service.__main__ import main
+from service.__main__ import BLAS_THREADS, main, one_blas_thread
 from service.settings import ENV_PREFIX, Settings, SettingsError, build_parser, load_settings
 
 
@@ -111,3 +114,25 @@ def test_model_control_modes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
         load_settings(["--model-control-mode", "sometimes"])
     with pytest.raises(SettingsError, match=r"--repository-poll-seconds .*greater than 0"):
         load_settings(["--repository-poll-seconds", "0"])
+
+
+def test_the_service_runs_one_blas_thread_unless_told() -> None:
+    """numpy's BLAS threads spin beside a worker per core: python -m service asks for one, before numpy loads,
+    and an operator's own choice stands."""
+    environ = {"OMP_NUM_THREADS": "4"}
+    one_blas_thread(environ)
+    assert environ == {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "1"}
+
+
+def test_a_served_process_has_one_blas_thread() -> None:
+    """The real effect, read from the BLAS library itself (threadpoolctl, which scikit-learn brings) in a fresh
+    process that sets the threads as python -m service does, then imports numpy."""
+    code = (
+        "import os; from service.__main__ import one_blas_thread; one_blas_thread(os.environ); import numpy; "
+        "import threadpoolctl; print([p['num_threads'] for p in threadpoolctl.threadpool_info() "
+        "if p['user_api'] == 'blas'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in BLAS_THREADS}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[1]"
