@@ -17,6 +17,9 @@ descriptor for as long as it liked. :class:`BoundedHttpToolsProtocol` adds, per 
 
 Every close for one of these reasons is counted in :data:`CLOSED` and told to :data:`listeners` (the app's
 ``bnserve_connections_closed_total``).
+
+It also writes a response's head and its body in one ``send`` (:class:`CoalescingTransport`): uvicorn writes
+them separately, two system calls and, with ``TCP_NODELAY``, two packets the client must read.
 The class is given to uvicorn as ``http=functools.partial(BoundedHttpToolsProtocol, limits=...)``: the
 partial pickles, so worker processes get it too.
 """
@@ -90,6 +93,43 @@ def _response(status: int, reason: str, message: str) -> bytes:
     ).encode() + body
 
 
+class CoalescingTransport:
+    """A connection's transport that holds a response's head back until its body is written (one ``send`` for
+    both), or until the end of the loop iteration if the body takes longer; everything else is the transport's.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif data[:5] == b"HTTP/" and data[-4:] == b"\r\n\r\n":  # a response's head (uvicorn writes it alone)
+            self._held = data
+            self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a header size limit, header and body timeouts and a connection cap."""
 
@@ -107,6 +147,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._awaiting_headers = True  # between requests, or inside a request line / headers
         self._header_bytes = 0  # received since the current request began, while its headers are incomplete
         self._deadline: asyncio.TimerHandle | None = None
+        self._deadline_kind: str | None = None  # "header" or "body": which limit the deadline enforces
         self._last_activity = self.loop.time()
         self._refused = False  # turned away by the connection cap
         self._rejected = False  # its headers were too large: what else it sends is ignored
@@ -127,7 +168,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             transport.close()
             return
         super().connection_made(transport)
-        self._arm(self.limits.header_timeout, self._header_timeout)
+        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+        self._arm(self.limits.header_timeout, self._header_timeout, "header")  # a silent client is closed
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -140,8 +182,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._last_activity = self.loop.time()
         if self._awaiting_headers:
-            if self._deadline is None:  # the first bytes of a request on a kept-alive connection
-                self._arm(self.limits.header_timeout, self._header_timeout)
             self._header_bytes += len(data)
         super().data_received(data)
         if (
@@ -150,6 +190,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             and not self.transport.is_closing()
         ):
             self._close("header_too_large", self._header_error())
+            return
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """The one timer this connection needs now that a read was parsed. Decided after the read, so that a
+        request that came whole in one read (the usual case) starts and cancels no timer at all."""
+        if self._awaiting_headers:
+            if self._header_bytes:  # a request's first bytes: its headers are due
+                if self._deadline_kind != "header":
+                    self._arm(self.limits.header_timeout, self._header_timeout, "header")
+            elif self.cycle is not None and self._deadline is not None:
+                self._disarm()  # between requests: uvicorn's keep-alive timer owns an idle connection
+        elif self.cycle is not None and self.cycle.more_body:  # inside a body
+            if self._deadline_kind != "body":
+                self._arm(self.limits.body_timeout, self._body_timeout, "body")
+        elif self._deadline is not None:
+            self._disarm()
 
     def _header_error(self) -> bytes | None:
         if self.cycle is not None and not self.cycle.response_complete:
@@ -171,7 +228,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._close("header_too_large", self._header_error())
             return
         super().on_headers_complete()
-        self._arm(self.limits.body_timeout, self._body_timeout)
 
     def on_body(self, body: bytes) -> None:
         if not self._rejected:
@@ -181,21 +237,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._rejected:
             return
         super().on_message_complete()
-        self._disarm()
         self._awaiting_headers = True
 
     # ---- timers ----------------------------------------------------------------------------------------------
-    def _arm(self, seconds: float, callback: Any) -> None:
+    def _arm(self, seconds: float, callback: Any, kind: str) -> None:
         self._disarm()
         self._deadline = self.loop.call_later(seconds, callback)
+        self._deadline_kind = kind
 
     def _disarm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        self._deadline_kind = None
 
     def _header_timeout(self) -> None:
-        self._deadline = None
+        self._deadline = self._deadline_kind = None
         if not self._awaiting_headers or self.transport.is_closing():
             return
         if self._header_bytes == 0 and self.cycle is not None:
@@ -210,7 +267,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._close("header_timeout", message)
 
     def _body_timeout(self) -> None:
-        self._deadline = None
+        self._deadline = self._deadline_kind = None
         if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
             self._close("body_timeout", None)  # the route sees the client gone (499)
 

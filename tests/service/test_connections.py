@@ -233,3 +233,46 @@ def test_connection_cap_stays_below_the_open_files_limit() -> None:
             assert cap == hard - connections.FD_RESERVE
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+class RecordingTransport:
+    """What a transport was asked to do, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", data))
+
+    def close(self) -> None:
+        self.calls.append(("close", b""))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def test_a_response_head_and_body_go_out_in_one_write() -> None:
+    async def scenario() -> list[tuple[str, bytes]]:
+        raw = RecordingTransport()
+        t = connections.CoalescingTransport(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+        head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+        t.write(head)
+        t.write(b"{}")  # the body, right after: one write of both
+        t.write(head)
+        await asyncio.sleep(0)  # a body that takes longer: the head leaves at the end of the iteration
+        await asyncio.sleep(0)
+        t.write(b"{}")
+        t.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        t.close()  # nothing held is lost by a close
+        assert not t.is_closing()  # everything else is the transport's
+        return raw.calls
+
+    calls = asyncio.run(scenario())
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+    assert calls == [
+        ("write", head + b"{}"),
+        ("write", head),
+        ("write", b"{}"),
+        ("write", b"HTTP/1.1 100 Continue\r\n\r\n"),
+        ("close", b""),
+    ]
