@@ -8,6 +8,7 @@ log with workers, HEAD, the offline docs, SIGINT during start-up. Every loop is 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import signal
 import socket
@@ -255,3 +256,18 @@ def test_sigint_during_start_up_is_quiet() -> None:
     out = srv.output()
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
     assert code in (0, 1, 130, -2), code
+
+
+def _sigint_ignored(_: object) -> bool:
+    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_a_spawned_worker_ignores_sigint_from_its_first_import_of_service() -> None:
+    """A process spawned as uvicorn spawns its workers, whose unpickling imports ``service`` (the app factory's
+    package): SIGINT ignored there from then on, so a Ctrl-C mid-start is no traceback; this process, which
+    imported ``service`` as the server itself does, keeps Python's handler."""
+    from service.server import AppFactory
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_sigint_ignored, (AppFactory,)) is True
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
