@@ -117,7 +117,7 @@ def train_epochs(path: Path, epochs: int | None, batch: int | None) -> None:
     )
     print("epoch seconds: " + ", ".join(f"{t:.1f}" for t in times))
     print("epoch CPU seconds: " + ", ".join(f"{t:.1f}" for t in cpu))
-    print(f"test: {result.metrics['test']}")
+    print(f"test: {result.metrics['test']}; peak RSS of the whole run {peak_rss_mib():.0f} MiB")
 
 
 def main() -> int:

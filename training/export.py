@@ -46,6 +46,8 @@ from training.train import TrainedModel, TrainResult
 #: The unfolded graph does more float32 operations than the folded one (a division, BN's four per unit):
 #: it gets this multiple of the folded graph's tolerance.
 UNFOLDED_SLACK = 4.0
+#: Most training rows the hidden layers' reference statistics are computed on (a sample of a big table).
+HIDDEN_STATS_ROWS = 100_000
 #: The test split's confusion matrix, drawn beside history.json when matplotlib is installed.
 CONFUSION_PNG = "confusion.png"
 
@@ -61,6 +63,14 @@ def centring(model: TrainedModel) -> np.ndarray | None:
     if not precision.needs_centring(std.mean, std.std):
         return None
     return np.asarray(std.mean, np.float32).astype(np.float64)
+
+
+def statistics_sample(rows: np.ndarray) -> np.ndarray:
+    """At most ``HIDDEN_STATS_ROWS`` of the (shuffled) training ``rows``, evenly spaced: enough for decile
+    edges, and a big table's hidden layers are not materialised whole in float64 (gigabytes)."""
+    if len(rows) <= HIDDEN_STATS_ROWS:
+        return rows
+    return rows[np.linspace(0, len(rows) - 1, HIDDEN_STATS_ROWS).astype(np.int64)]
 
 
 def hidden_statistics(layers: list[Affine], X: np.ndarray) -> list[C.HiddenLayerStats]:
@@ -239,7 +249,7 @@ def make_contract(result: TrainResult, extra: dict[str, Any] | None = None) -> C
         training=_json_safe(training),
         hidden_stats=[]
         if result.train_rows is None
-        else hidden_statistics(fold_model(result.model), result.train_rows),
+        else hidden_statistics(fold_model(result.model), statistics_sample(result.train_rows)),
         inputs=list(data.inputs),
     )
 

@@ -96,6 +96,10 @@ def sized(n_train: int) -> dict[str, int]:
     }
 
 
+#: Rows per forward pass when a trained model predicts many rows (evaluation of a big table's splits).
+OUTPUT_ROWS = 1 << 16
+
+
 @dataclass
 class TrainedModel:
     """A trained network with everything needed to predict from raw features at test time."""
@@ -107,7 +111,17 @@ class TrainedModel:
     y_std: np.ndarray | None = None
 
     def output(self, X: np.ndarray) -> np.ndarray:
-        """Test-time forward from raw features: probabilities ``(N, C)`` or predictions ``(N, T)``."""
+        """Test-time forward from raw features: probabilities ``(N, C)`` or predictions ``(N, T)``.
+
+        Rows go through in chunks of ``OUTPUT_ROWS``: a big table's hidden activations (700,000 rows x 256
+        units, several arrays per layer) would otherwise take gigabytes at once. At test time each row's
+        output depends on that row only.
+        """
+        return np.concatenate(
+            [self._output(X[i : i + OUTPUT_ROWS]) for i in range(0, len(X), OUTPUT_ROWS)] or [self._output(X)]
+        )
+
+    def _output(self, X: np.ndarray) -> np.ndarray:
         dtype = np.dtype(self.net.config.dtype)
         out = self.net.forward(self.standardizer(X).astype(dtype), training=False)
         if self.task == TASK_CLASSIFICATION:

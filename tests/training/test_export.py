@@ -222,3 +222,13 @@ def test_export_renames_a_complete_version_into_place(small, digits, tmp_path, m
         "1",
         "config.pbtxt",
     ]  # nothing half-done
+
+
+def test_hidden_statistics_of_a_big_table_come_from_a_sample(small, monkeypatch):
+    monkeypatch.setattr(E, "HIDDEN_STATS_ROWS", 500)
+    contract = E.make_contract(small)
+    sample = small.train_rows[np.linspace(0, len(small.train_rows) - 1, 500).astype(np.int64)]
+    want = E.hidden_statistics(E.fold_model(small.model), sample)
+    assert len(small.train_rows) > 500
+    assert [h.stats.rows for h in contract.hidden_stats] == [500, 500]
+    assert [h.stats for h in contract.hidden_stats] == [h.stats for h in want]

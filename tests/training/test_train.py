@@ -130,3 +130,16 @@ def test_the_progress_bar_counts_rows_and_shows_their_rate(digits, capsys):
     n_train = len(res.split.train)
     assert "rows/s" in bar
     assert f"/{2 * n_train / 1000:.2f}k [" in bar  # the total: every training row, once per epoch
+
+
+def test_predictions_in_chunks_equal_one_pass(digits, monkeypatch):
+    from training import train as T
+
+    res = train(digits, hidden=(16,), config=TrainConfig(epochs=1), progress=False)
+    X = digits.X[:700]
+    whole = T.softmax(res.model.net.forward(res.model.standardizer(X).astype(np.float32), training=False))
+    monkeypatch.setattr(T, "OUTPUT_ROWS", 64)  # 11 chunks, the last one short
+    chunked = res.model.output(X)
+    assert chunked.shape == (700, 10)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-7)
+    assert res.model.output(X[:0]).shape == (0, 10)
