@@ -146,3 +146,16 @@ def test_chunked_standardization_matches_float64(monkeypatch):
     out = std.apply(X, rows)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, ((truth - std.mean) / std.std).astype(np.float32))
+
+
+def test_a_column_empty_in_the_head_takes_its_type_from_later_blocks(tmp_path, small_blocks):
+    lines = ["a,late,word,y"] + [f"{i % 7},,,{i % 2}" for i in range(200)]
+    for i in range(150, 200):
+        lines[1 + i] = f"{i % 7},{i * 0.5},{'red' if i % 2 else 'blue'},{i % 2}"
+    path = tmp_path / "late.csv"
+    path.write_text("\n".join(lines) + "\n")
+    t = read_table(path, "y")
+    late, word = t.columns[1], t.columns[2]
+    assert late.kind == C.KIND_NUMERIC and word.kind == C.KIND_CATEGORICAL
+    assert np.isnan(late.values[:150]).all() and late.values[160] == 80.0 and late.n_missing == 150
+    assert word.values[151] == "red" and word.values[0] is None
