@@ -96,6 +96,8 @@ def openapi_builder(app: FastAPI, state: ServiceState, key_required: bool) -> Ca
         if repository is not None and len(repository) and not key_required:
             _add_examples(spec, next(iter(repository)))
             _exact_features(components["schemas"], list(repository), state.settings.max_batch_rows)
+            if any(m.tabular is not None for m in repository):
+                _tabular_inputs(components["schemas"])
         if repository is not None:  # cache only the complete schema, until a swap changes the served set
             app.openapi_schema, described[0] = spec, repository
         return spec
@@ -150,6 +152,28 @@ def _exact_instances(defs: dict[str, Any]) -> None:
         }
         for name, (low, high) in BOUNDS.items()
     ]
+
+
+def _tabular_inputs(defs: dict[str, Any]) -> None:
+    """A model with categorical or imputed features is served: V2 takes its second input ``categorical``
+    (BYTES: strings, ``""`` for a missing cell) beside ``input``, and ``null`` for a missing number; V1 cells
+    are numbers, strings, booleans or ``null`` (:mod:`service.tabular` says which feature takes which)."""
+    tensor = defs["RequestInput"]
+    properties = tensor["properties"]
+    properties["name"] = {"type": "string", "enum": ["input", "categorical"]}
+    properties["datatype"]["enum"] = [*properties["datatype"]["enum"], "BYTES"]
+    properties["data"] = _flat_or_nested({"anyOf": [FLOAT32, {"type": "string"}, {"type": "null"}]})
+    tensor["allOf"] = []  # the per-datatype number rules: a null may stand in any numeric datatype now
+    tensor["description"] = (
+        f"{tensor.get('description', '')} A model with categorical features takes two tensors: 'input' "
+        "(numbers, null for a missing cell of an imputed feature) and 'categorical' (BYTES: strings, \"\" for a "
+        "missing cell), each in the order of the model's parameters.features."
+    )
+    defs["InferenceRequest"]["properties"]["inputs"]["maxItems"] = 2
+    cell = {"anyOf": [FLOAT32, {"type": "string"}, {"type": "boolean"}, {"type": "null"}]}
+    rows, named = defs["V1PredictRequest"]["properties"]["instances"]["anyOf"]
+    rows["items"]["items"] = cell
+    named["items"]["additionalProperties"] = cell
 
 
 def _flat_or_nested(number: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from fastapi.testclient import TestClient
+from jsonschema import Draft202012Validator
 
 import contract as C
 from service.app import create_app
@@ -328,3 +329,16 @@ def test_requests_batched_together_keep_their_own_categories(tabular):
     ((x, s),) = seen  # the observers get the run's rows with their categories
     np.testing.assert_array_equal(x, X)
     assert s.tolist() == S.tolist()
+
+
+def test_the_schema_accepts_what_a_categorical_model_takes(tclient):
+    spec = tclient.get("/openapi.json").json()
+
+    def valid(name: str, body: object) -> bool:
+        return Draft202012Validator({**spec, "$ref": f"#/components/schemas/{name}"}).is_valid(body)
+
+    assert valid("InferenceRequest", v2_json_body())
+    assert valid("V1PredictRequest", {"instances": named_rows()})
+    rows = [[0.8, 61.0, 57.0, "Ideal", "D", True], [None, 62.5, 55.5, "", "E", False]]
+    assert valid("V1PredictRequest", {"instances": rows})
+    assert not valid("V1PredictRequest", {"instances": [[[1.0]]]})
