@@ -211,7 +211,9 @@ def checked_rows(
 ) -> np.ndarray:
     """Float64 rows (N, F) of numbers -> finite float32 within ``limit``, checked as :func:`numbers_to_rows`
     does."""
-    checked = values if nan_columns is None else np.nan_to_num(values, nan=0.0)  # missing cells: not values
+    checked = values  # missing cells (NaN where nan_columns allows) are no values for the datatype checks
+    if nan_columns is not None and (integral or bounds is not None):
+        checked = np.nan_to_num(values, nan=0.0)
     if integral:
         whole = np.floor(checked) == checked
         if not whole.all():

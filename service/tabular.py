@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 import contract
-from service.decoding import FLOAT32_MAX, Numbers, describe, to_float32_rows
+from service.decoding import FLOAT32_MAX, describe, to_float32_rows
 from service.errors import BadRequest
 
 #: JSON true/false of a boolean feature, as the graph's ``categorical`` input spells them.
@@ -225,11 +225,6 @@ class Tabular:
     def json_strings(self, data: Any, n_rows: int) -> np.ndarray:
         """A V2 JSON ``categorical`` tensor's ``data`` (flat or nested strings) -> checked rows ``(N, K)``."""
         n_cols = len(self.categorical)
-        if isinstance(data, Numbers):  # every value a number (decoding.loads_tensors): not strings
-            raise BadRequest(
-                f"input 'categorical': value at row 0, column 0 (feature {self.categorical[0].name!r}) is a "
-                "number; expected a string (BYTES)"
-            )
         if not isinstance(data, list):
             raise BadRequest(f"input 'categorical' needs 'data' (a list of strings), got {describe(data)}")
         if data and isinstance(data[0], list):
@@ -256,7 +251,7 @@ class Tabular:
             r, c = divmod(k, n_cols)
             raise BadRequest(
                 f"input 'categorical': value at row {r}, column {c} (feature {self.categorical[c].name!r}) is "
-                f"{describe(flat[k])}; expected a string (BYTES)"
+                f"{_shown(flat[k])}; expected a string (BYTES)"
             )
         return self.check_strings(np.array(flat, dtype=object).reshape(n_rows, n_cols))
 

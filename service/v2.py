@@ -131,7 +131,8 @@ def parse_infer_request(
         binary = view[json_size:]
     else:
         head = memoryview(body)
-        request = loads_tensors(body)  # the data arrays straight to float64, when nothing is unusual
+        # The data arrays straight to float64, when nothing is unusual (strings are: a categorical input's).
+        request = loads_tensors(body) if model.categorical_spec is None else None
         if request is None:
             request = loads(body)
         binary = memoryview(b"")

@@ -187,9 +187,9 @@ def test_v2_bad_tensors_get_400(tclient):
     cases.append((body, "feature 'colour' is missing (row 1)"))
     body = v2_json_body()
     body["inputs"][0]["data"][0] = 7
-    cases.append((body, "row 0, column 0 (feature 'cut') is int; expected a string (BYTES)"))
+    cases.append((body, "row 0, column 0 (feature 'cut') is a number; expected a string (BYTES)"))
     body = v2_json_body()
-    body["inputs"][0]["data"] = list(range(12))  # numbers only: the fast JSON route sees no strings at all
+    body["inputs"][0]["data"] = list(range(12))  # numbers only: no strings at all
     body["inputs"][1]["data"] = [1.0] * 12
     cases.append((body, "row 0, column 0 (feature 'cut') is a number; expected a string (BYTES)"))
     body = v2_json_body()
