@@ -14,6 +14,8 @@ as the first); the statistics are updated on the feeder thread (``benchmarks/dri
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +60,15 @@ class ModelDriftMonitor(DriftMonitor):
         shared: Path | None = None,
         layers: bool | None = None,
         tabular: Tabular | None = None,
+        layer_rows_per_second: float = 0.0,
     ) -> None:
         """``shared``: the inputs' state file shared by the workers (see :class:`DriftMonitor`); each layer
         keeps its own beside it, ``<shared>.<layer>``. ``layers``: watch the hidden layers (by default when
         ``hidden_outputs`` is given); they are then fed by :meth:`update_layers`, or by :meth:`update`
-        through ``hidden_outputs``."""
+        through ``hidden_outputs``. ``layer_rows_per_second``: the hidden layers see at most this many rows a
+        second (:class:`RowBudget`; the inputs see every row); 0 for every row."""
         super().__init__(contract.input_stats, contract.numeric_names, config, name=name, shared=shared)
+        self.layer_budget = RowBudget(layer_rows_per_second)
         self._hidden_outputs = hidden_outputs
         self._tabular = tabular
         #: Missing and unknown rates per feature, fed by the service's cell counter (:mod:`service.cells`).
@@ -109,8 +114,11 @@ class ModelDriftMonitor(DriftMonitor):
         """Fold a batch of served rows and each hidden layer's outputs on them (``(n, units)`` per layer, the
         graph's own, from the run that served the rows) into the statistics."""
         super().update(self._numbers(x))
+        if not self.layers:
+            return
+        rows = self.layer_budget.take(len(x))  # None: all of them
         for layer, z in zip(self.layers, outputs, strict=True):
-            layer.monitor.update(z)
+            layer.monitor.update(z if rows is None else z[rows])
 
     def _numbers(self, x: np.ndarray) -> np.ndarray:
         """The served numbers as the training statistics saw them: a missing cell at its imputed value."""
@@ -142,5 +150,37 @@ class ModelDriftMonitor(DriftMonitor):
             "score": rep["score"],
             "drifting": rep["drifting"],
             "rows_effective": rep["rows_effective"],
+            "rows_seen": rep["rows_seen"],  # fewer than the inputs' above the layers' row budget
             "top_units": rep["top_features"],
         }
+
+
+class RowBudget:
+    """At most ``rate`` rows a second, chosen uniformly within each batch: a token bucket of one second's rows.
+
+    The hidden layers cost ten times the inputs per row (512 units against 64 for the digits model), and their
+    histograms need a thousand rows, not every row: above the budget (heavy traffic) a uniform sample of each
+    burst is folded in, below it (most of the time) every row. ``rate`` 0: no budget.
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic, seed: int = 0) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._tokens = rate
+        self._last = clock()
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> np.ndarray | None:
+        """Which of a batch's ``n`` rows to use: sorted indices, or None for all of them."""
+        if self.rate <= 0:
+            return None
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            k = min(n, int(self._tokens))
+            self._tokens -= k
+            if k == n:
+                return None
+            return np.sort(self._rng.choice(n, size=k, replace=False))

@@ -178,6 +178,15 @@ class Settings(BaseSettings):
         description="Also monitor each hidden layer's outputs (models exported with hidden statistics); "
         "computed on the observer thread, off the request path.",
     )
+    drift_layers_max_rows: float = Field(
+        default=1000.0,
+        ge=0,
+        le=1e9,
+        allow_inf_nan=False,
+        description="Rows per second per worker that the hidden layers' drift statistics take at most: above it "
+        "(heavy traffic) a uniform sample of each burst, below it every row; the inputs always see every row. "
+        "0: every row (their update costs ~10x the inputs' per row).",
+    )
     drift_sample_rows: int = Field(
         default=0,
         ge=0,

@@ -178,6 +178,7 @@ class ServiceState:
                 hidden_outputs=model.hidden_outputs if layers else None,
                 shared=self.metrics.shared_path(f"drift-{model.name}-{model.version}.state"),
                 tabular=tab,
+                layer_rows_per_second=settings.drift_layers_max_rows,
             )
             if layers:
                 model.layer_observers.append(self.feeder.wrap_layers(monitor.update_layers, what))

@@ -136,3 +136,56 @@ def test_workers_share_the_layer_statistics(exported, tmp_path):
         "digits-1.drift.layer0",
         "digits-1.drift.layer1",
     ]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_row_budget_takes_every_row_below_its_rate_and_a_uniform_sample_above() -> None:
+    from service.hidden_drift import RowBudget
+
+    clock = FakeClock()
+    budget = RowBudget(100.0, clock=clock)
+    assert budget.take(60) is None  # within the first second's 100 rows: all of them
+    rows = budget.take(60)  # 40 left
+    assert rows is not None and len(rows) == 40 and np.all(np.diff(rows) > 0) and rows.max() < 60
+    assert len(budget.take(10)) == 0  # spent
+    clock.now += 0.5  # half a second refills 50 rows
+    assert len(budget.take(80)) == 50
+    clock.now += 10  # an idle spell refills one second's worth, not more
+    assert len(budget.take(500)) == 100
+    assert RowBudget(0.0, clock=clock).take(10**6) is None  # no budget: every row
+    # Uniform within a batch: over many draws every position is taken about equally often.
+    seen = np.zeros(50)
+    sampler = RowBudget(10.0, clock=clock)
+    for _ in range(2000):
+        clock.now += 1
+        seen[sampler.take(50)] += 1
+    assert seen.sum() == 2000 * 10 and np.all(np.abs(seen / 2000 - 0.2) < 0.05)
+
+
+def test_hidden_layers_see_the_budgeted_rows_and_the_inputs_every_row(exported) -> None:
+    runtime, ds, _ = exported
+    clock = FakeClock()
+    monitor = ModelDriftMonitor(runtime.contract, DriftConfig(), layers=True, layer_rows_per_second=50.0)
+    monitor.layer_budget._clock = clock  # the budget's own clock, stepped by the test
+    monitor.layer_budget._last = clock.now
+    x = ds.X[:120].astype(np.float32)
+    layers = runtime.hidden_outputs(x)
+    monitor.update_layers(x, layers)
+    report = monitor.report()
+    assert report["rows_seen"] == 120  # the inputs: every row
+    assert [layer["rows_seen"] for layer in report["layers"]] == [50, 50]
+    # Every layer got the same 50 rows: a monitor fed those rows by hand agrees exactly.
+    rows = np.random.default_rng(0).choice(120, size=50, replace=False)  # the budget's own draw (seed 0)
+    by_hand = ModelDriftMonitor(runtime.contract, DriftConfig(), layers=True)
+    for layer, z in zip(by_hand.layers, layers, strict=True):
+        layer.monitor.update(z[np.sort(rows)])
+    assert [layer["score"] for layer in by_hand.report()["layers"]] == [
+        layer["score"] for layer in report["layers"]
+    ]
