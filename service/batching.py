@@ -20,7 +20,7 @@ the loop (onnxruntime releases the GIL while it computes).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -44,10 +44,16 @@ class Batcher:
     """Gathers the inferences one event loop asks for in the same iteration into one run per model."""
 
     def __init__(
-        self, executor: Executor | None = None, offload_rows: int = 256, max_rows: int = 4096
+        self,
+        executor: Executor | None = None,
+        offload_rows: int = 256,
+        max_rows: int = 4096,
+        in_flight: Callable[[], int | None] | None = None,
     ) -> None:
         """``executor``: where flushes of more than ``offload_rows`` rows run (None: on the loop); a flush
         takes at most ``max_rows`` rows (more wait for the next)."""
+        # Requests this process is serving (None: unknown): alone (<= 1), a request runs at once.
+        self._in_flight = in_flight
         self._executor = executor
         self._offload_rows = offload_rows
         self._max_rows = max_rows
@@ -70,6 +76,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         job = _Job(x, tuple(hidden), loop.create_future(), categorical)
         entry = self._pending.get(id(model))
+        if entry is None and self._in_flight is not None and (self._in_flight() or 2) <= 1:
+            # No other request in this process that could join: run now, without the loop iteration (a
+            # lone request paid ~30 % of its latency for it at one connection).
+            outcome = self._run(model, [job])[0]
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
         if entry is None:
             self._pending[id(model)] = (model, [job])
             loop.call_soon(self._flush, model)

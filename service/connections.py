@@ -44,6 +44,16 @@ CLOSED: Counter[str] = Counter()
 #: Called with the reason of every such close: the app of this process counts them in its metrics.
 listeners: list[Callable[[str], None]] = []
 
+#: The uvicorn server state of this process (its running request tasks), once it has made a connection.
+_server_state: ServerState | None = None
+
+
+def requests_in_flight() -> int | None:
+    """HTTP requests this process is serving now (parsed, not yet answered); None when it serves none through
+    this protocol (an app driven in process)."""
+    return None if _server_state is None else len(_server_state.tasks)
+
+
 #: File descriptors kept free of connections: the listening socket, model files, log files, the threads'.
 FD_RESERVE = 64
 
@@ -154,6 +164,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     # ---- connection ----------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        global _server_state
+        _server_state = self.server_state
         if len(self.connections) >= self.limits.max_connections and not self._evict_one():
             self._refused = True
             self.transport = transport

@@ -229,12 +229,19 @@ class Offload:
     ``batching=False`` gives each inline request its own run.
     """
 
-    def __init__(self, inline_max_bytes: int, threads: int | None = None, batching: bool = True) -> None:
+    def __init__(
+        self,
+        inline_max_bytes: int,
+        threads: int | None = None,
+        batching: bool = True,
+        in_flight: Callable[[], int | None] | None = None,
+    ) -> None:
+        """``in_flight``: how many requests the process is serving (a lone one skips the batcher's wait)."""
         self.inline_max_bytes = inline_max_bytes
         self._executor = ThreadPoolExecutor(
             max_workers=threads or max(2, os.cpu_count() or 1), thread_name_prefix="infer"
         )
-        self.batcher = Batcher(self._executor) if batching else None
+        self.batcher = Batcher(self._executor, in_flight=in_flight) if batching else None
 
     async def infer(
         self,

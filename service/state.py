@@ -132,7 +132,9 @@ class ServiceState:
         except ModelLoadError as exc:
             self.startup_error = str(exc)  # python -m service prints it, in one line
             raise
-        self.offload = Offload(settings.inline_max_bytes, batching=settings.batching)
+        self.offload = Offload(
+            settings.inline_max_bytes, batching=settings.batching, in_flight=connections.requests_in_flight
+        )
         connections.listeners[:] = [self.metrics.connection_closed]  # this process's server, this app
         self.metrics.set_models(repository, time.perf_counter() - started)
         self.manager = manager

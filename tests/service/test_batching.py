@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
+from service import connections
 from service.app import create_app
 from service.batching import Batcher
 from service.errors import BadRequest
@@ -114,6 +115,22 @@ def test_large_flushes_run_on_the_threads_and_batches_are_capped(model: ModelRun
         assert np.array_equal(got["probabilities"], alone(model, x)["probabilities"])
 
 
+def test_a_lone_request_runs_at_once_and_concurrent_ones_share_a_run(model: ModelRuntime) -> None:
+    """With the server's count of requests in flight: one (this one) runs without waiting for the loop; more
+    batch; unknown (None: an app driven in process; 0: not an HTTP request) batches."""
+    jobs = [rows(1, seed) for seed in range(4)]
+    for in_flight, runs in ((1, 4), (0, 1), (4, 1), (None, 1)):  # 0: a gRPC request, uncounted
+        batcher = Batcher(in_flight=lambda n=in_flight: n)  # type: ignore[misc]
+        results = asyncio.run(gather_infer(batcher, model, jobs))
+        assert batcher.runs == runs, in_flight
+        for x, got in zip(jobs, results, strict=True):
+            assert np.array_equal(got["probabilities"], alone(model, x)["probabilities"])
+    bad = rows(1, 9)
+    bad[0] = 3e38
+    lone = Batcher(in_flight=lambda: 1)
+    assert isinstance(asyncio.run(gather_infer(lone, model, [bad]))[0], BadRequest)  # its own error, at once
+
+
 def test_wrong_rows_are_refused_before_they_join_a_batch(model: ModelRuntime) -> None:
     batcher = Batcher()
     results = asyncio.run(gather_infer(batcher, model, [rows(1, 0), rows(1, 1)[:, :63]]))
@@ -121,8 +138,9 @@ def test_wrong_rows_are_refused_before_they_join_a_batch(model: ModelRuntime) ->
     assert batcher.runs == 1 and batcher.rows == 1
 
 
-def test_concurrent_http_requests_answer_as_they_would_alone() -> None:
+def test_concurrent_http_requests_answer_as_they_would_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     """Through the whole app (V2 JSON and V1, small bodies inline): the same bytes as one at a time, fewer runs."""
+    monkeypatch.setattr(connections, "_server_state", None)  # in process: no uvicorn count, so batch
     settings = settings_for(COMMITTED)
     app = create_app(settings)
     bodies = [
