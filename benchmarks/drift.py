@@ -7,8 +7,9 @@ For batch sizes 1 and 64 it prints, in microseconds per request: ``update()``; `
 installed, ``InferenceSession.run`` of a real folded-BN-sized MLP graph (F -> 256 -> 256 -> 10, softmax),
 the same run when the graph also declares its two hidden Gemm outputs as graph outputs (the request path
 of a model exported with hidden statistics), and the update of a monitor that also watches the two hidden
-layers (``ModelDriftMonitor``: a second ``session.run`` for the hidden outputs plus two 256-unit updates, the
-work the feeder thread does).
+layers (``ModelDriftMonitor.update_layers``: the inputs' update plus two 256-unit updates on the hidden
+outputs the serving run computed, the work the feeder thread does; without ``BNSERVE_DRIFT_LAYERS_MAX_ROWS``'
+sampling). Run it with ``OPENBLAS_NUM_THREADS=1`` for the service's setting (``python -m service`` sets it).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def model_monitor(train: np.ndarray, sess: Any) -> ModelDriftMonitor:
             for i, (z, h) in enumerate(zip(("z0", "z1"), hidden))
         ],
     )
-    return ModelDriftMonitor(mc, name="bench", hidden_outputs=lambda x: sess.run(["z0", "z1"], {"input": x}))
+    return ModelDriftMonitor(mc, name="bench", layers=True)
 
 
 def main() -> None:
@@ -102,6 +103,13 @@ def main() -> None:
     w1 = rng.normal(size=(f, 256)).astype(np.float32)
     plain, with_hidden = ort_mlp(f), ort_mlp(f, hidden_outputs=True)
     layers = model_monitor(train, with_hidden) if with_hidden else None
+
+    def layers_update(x: np.ndarray) -> Callable[[], None]:
+        """The feeder's work for rows ``x``: their hidden outputs come with them from the serving run."""
+        assert layers is not None and with_hidden is not None
+        zs = with_hidden.run(["z0", "z1"], {"input": x})
+        return lambda: layers.update_layers(x, zs)
+
     nan = float("nan")
     print(f"numpy {np.__version__}, F={f}, microseconds per request (best of 5 x {args.repeat} calls)")
     cols = (
@@ -127,7 +135,7 @@ def main() -> None:
             per_call_us(lambda x=x: with_hidden.run(["probabilities"], {"input": x}), args.repeat)
             if with_hidden
             else nan,
-            per_call_us(lambda x=x: layers.update(x), args.repeat) if layers else nan,
+            per_call_us(layers_update(x), args.repeat) if layers else nan,
             per_call_us(monitor.report, max(args.repeat // 10, 10)),
             per_call_us(layers.report, max(args.repeat // 10, 10)) if layers else nan,
         ]
