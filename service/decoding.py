@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -245,8 +246,19 @@ def nested_rows(data: list[Any], n_cols: int) -> list[Any]:
         if not isinstance(row, list):
             raise BadRequest(f"row {i} is {describe(row)}; expected a list of {n_cols} numbers")
         if len(row) != n_cols:
-            raise BadRequest(f"expected {n_cols} features per row, got {len(row)} (row {i})")
+            raise _width_error(n_cols, len(row), i)
     return list(chain.from_iterable(data))
+
+
+def check_widths(widths: Sequence[int], n_cols: int) -> None:
+    """Every row ``n_cols`` wide (the widths of rows already known to be lists of numbers)."""
+    for i, width in enumerate(widths):
+        if width != n_cols:
+            raise _width_error(n_cols, width, i)
+
+
+def _width_error(n_cols: int, width: int, row: int) -> BadRequest:
+    return BadRequest(f"expected {n_cols} features per row, got {width} (row {row})")
 
 
 def to_float32_rows(

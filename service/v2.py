@@ -17,6 +17,7 @@ import orjson
 import contract
 from service.decoding import (
     Numbers,
+    check_widths,
     checked_rows,
     describe,
     has_literals,
@@ -293,36 +294,26 @@ def _decode_input(
             raise BadRequest(
                 f"the body carries {len(binary)} bytes after the JSON header but no input has binary_data_size"
             )
-        data = tensor.get("data")
-        if isinstance(
-            data, Numbers
-        ):  # parsed straight to float64 (decoding.loads_tensors): the shape is left
-            if data.widths is not None:
-                if len(data.widths) != n_rows:
-                    raise BadRequest(f"shape {shape} has {n_rows} rows but 'data' has {len(data.widths)}")
-                for i, width in enumerate(data.widths):
-                    if width != n_cols:
-                        raise BadRequest(f"expected {n_cols} features per row, got {width} (row {i})")
-            elif len(data.values) != n_rows * n_cols:
-                raise BadRequest(
-                    f"shape {shape} needs {n_rows * n_cols} values but 'data' has {len(data.values)}"
-                )
+        data: Any = tensor.get("data")
+        fast = isinstance(data, Numbers)  # parsed straight to float64 by decoding.loads_tensors
+        if not fast and not isinstance(data, list):
+            raise BadRequest(f"input 'input' needs 'data' (a list of numbers), got {describe(data)}")
+        nested = data.widths is not None if fast else bool(data) and isinstance(data[0], list)
+        # len(data): the JSON list's length either way (rows when nested, numbers when flat)
+        if nested and len(data) != n_rows:
+            raise BadRequest(f"shape {shape} has {n_rows} rows but 'data' has {len(data)}")
+        if not nested and len(data) != n_rows * n_cols:
+            raise BadRequest(f"shape {shape} needs {n_rows * n_cols} values but 'data' has {len(data)}")
+        if fast:
+            if nested:
+                check_widths(data.widths, n_cols)
             return checked_rows(
                 data.values.reshape(n_rows, n_cols),
                 integral=DATATYPES[datatype].kind in "iu",
                 bounds=BOUNDS.get(datatype),
                 limit=model.input_limit,
             )
-        if not isinstance(data, list):
-            raise BadRequest(f"input 'input' needs 'data' (a list of numbers), got {describe(data)}")
-        if data and isinstance(data[0], list):
-            if len(data) != n_rows:
-                raise BadRequest(f"shape {shape} has {n_rows} rows but 'data' has {len(data)}")
-            flat = nested_rows(data, n_cols)
-        elif len(data) != n_rows * n_cols:
-            raise BadRequest(f"shape {shape} needs {n_rows * n_cols} values but 'data' has {len(data)}")
-        else:
-            flat = data
+        flat = nested_rows(data, n_cols) if nested else data
         if tab is not None:
             flat = tab.json_numbers(flat, n_cols)
         return numbers_to_rows(
