@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.auth import ApiKey
+from service.connections import WIRE_STATE_KEY
 from service.docs import add_docs
 from service.fastpath import FastPath
 from service.grpc_server import GrpcServer
@@ -26,6 +28,7 @@ from service.routes import register, route_table
 from service.settings import Settings
 from service.state import ObserversFor, ServiceState
 from service.tracing import Tracing, TracingError
+from service.wire import WirePath
 
 
 def create_app(
@@ -44,7 +47,7 @@ def create_app(
     auth = ApiKey(settings.api_key.get_secret_value() if settings.api_key is not None else None)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         try:
             state.tracing = tracing if tracing is not None else Tracing.from_env(state.version)
         except TracingError as exc:
@@ -60,7 +63,8 @@ def create_app(
                 except OSError as exc:
                     state.startup_error = str(exc)
                     raise
-            yield
+            # The lifespan state reaches every connection's protocol (uvicorn's app_state): the wire path.
+            yield {WIRE_STATE_KEY: WirePath(state, routes, auth)} if settings.wire_path else {}
         finally:
             state.begin_shutdown()  # already begun on SIGTERM; here when the lifespan ends otherwise
             if grpc is not None:

@@ -32,11 +32,15 @@ from service.runtime import ModelRuntime
 Results = dict[str, np.ndarray]
 
 
+#: Told a job's outcome: its own outputs, or the error of its rows (or of the whole run).
+Done = Callable[[Results | BaseException], None]
+
+
 @dataclass
 class _Job:
     x: np.ndarray  # (n, F) float32
     hidden: tuple[str, ...]  # hidden outputs the client named
-    future: asyncio.Future[Results]
+    done: Done  # called once, on the loop, with the outcome
     categorical: np.ndarray | None = None  # (n, K) str, for a model with a ``categorical`` input
 
 
@@ -73,22 +77,44 @@ class Batcher:
         requests for the same model arrive in this loop iteration; :class:`BadRequest` for this request's own
         non-finite outputs."""
         model.check_rows(x)
-        loop = asyncio.get_running_loop()
-        job = _Job(x, tuple(hidden), loop.create_future(), categorical)
-        entry = self._pending.get(id(model))
-        if entry is None and self._in_flight is not None and (self._in_flight() or 2) <= 1:
+        if id(model) not in self._pending and self._in_flight is not None and (self._in_flight() or 2) <= 1:
             # No other request in this process that could join: run now, without the loop iteration (a
             # lone request paid ~30 % of its latency for it at one connection).
-            outcome = self._run(model, [job])[0]
+            outcome = self._run(model, [_Job(x, tuple(hidden), _ignore, categorical)])[0]
             if isinstance(outcome, BaseException):
                 raise outcome
             return outcome
+        future: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
+
+        def done(outcome: Results | BaseException) -> None:
+            if future.done():  # its request was cancelled meanwhile (the client left)
+                return
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+        self.submit(model, x, hidden, categorical, done)
+        return await future
+
+    def submit(
+        self,
+        model: ModelRuntime,
+        x: np.ndarray,
+        hidden: Sequence[str],
+        categorical: np.ndarray | None,
+        done: Done,
+    ) -> None:
+        """Queue rows ``x`` for ``model``'s run at the end of this loop iteration; ``done`` is called on the loop
+        with their outputs or their error. For callers without a task to await in (:mod:`service.wire`); the
+        rows must have passed :meth:`ModelRuntime.check_rows`."""
+        job = _Job(x, tuple(hidden), done, categorical)
+        entry = self._pending.get(id(model))
         if entry is None:
             self._pending[id(model)] = (model, [job])
-            loop.call_soon(self._flush, model)
+            asyncio.get_running_loop().call_soon(self._flush, model)
         else:
             entry[1].append(job)
-        return await job.future
 
     def _flush(self, model: ModelRuntime) -> None:
         model_jobs = self._pending.pop(id(model), None)
@@ -158,12 +184,11 @@ class Batcher:
     @staticmethod
     def _answer(batch: list[_Job], outcome: list[Results | BaseException]) -> None:
         for job, result in zip(batch, outcome, strict=True):
-            if job.future.done():  # its request was cancelled meanwhile (the client left)
-                continue
-            if isinstance(result, BaseException):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result(result)
+            job.done(result)
+
+
+def _ignore(outcome: Results | BaseException) -> None:
+    """The ``done`` of a job run at once: its caller takes the outcome from the run itself."""
 
 
 def _join(parts: list[np.ndarray]) -> np.ndarray:

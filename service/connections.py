@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 #: Connections closed by this process, by reason (header_too_large, header_timeout, body_timeout, evicted,
@@ -43,6 +43,10 @@ from uvicorn.server import ServerState
 CLOSED: Counter[str] = Counter()
 #: Called with the reason of every such close: the app of this process counts them in its metrics.
 listeners: list[Callable[[str], None]] = []
+
+#: The key of the wire path (:class:`service.wire.WirePath`) in the lifespan state uvicorn gives every
+#: connection's protocol: the app's lifespan puts it there once the models are loaded.
+WIRE_STATE_KEY = "bnserve.wire"
 
 #: The uvicorn server state of this process (its running request tasks), once it has made a connection.
 _server_state: ServerState | None = None
@@ -161,6 +165,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._last_activity = self.loop.time()
         self._refused = False  # turned away by the connection cap
         self._rejected = False  # its headers were too large: what else it sends is ignored
+        self._in_headers = False  # inside uvicorn's on_headers_complete, where a request's task would start
+        self._wire: tuple[Any, Any, Any] | None = None  # (cycle, call, wire path) of a request being received
 
     # ---- connection ----------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -187,6 +193,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         if self._refused:
             return
+        if self._wire is not None:  # a wire-path request whose body never completed
+            _, call, wire = self._wire
+            self._wire = None
+            wire.gone(self, call)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -239,7 +249,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._rejected = True
             self._close("header_too_large", self._header_error())
             return
-        super().on_headers_complete()
+        self._in_headers = True
+        try:
+            super().on_headers_complete()
+        finally:
+            self._in_headers = False
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        """Start the request's ASGI task, unless the wire path takes it (then it is answered once its body is
+        complete, without a task: :mod:`service.wire`)."""
+        if self._in_headers and app is self.app and not self.flow.write_paused:
+            wire = self.app_state.get(WIRE_STATE_KEY)
+            if wire is not None:
+                call = wire.accept(cycle.scope)
+                if call is not None:
+                    self._wire = (cycle, call, wire)
+                    return
+        super()._start_asgi_task(cycle, app)
 
     def on_body(self, body: bytes) -> None:
         if not self._rejected:
@@ -250,6 +276,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().on_message_complete()
         self._awaiting_headers = True
+        if self._wire is not None and self._wire[0] is self.cycle:
+            cycle, call, wire = self._wire
+            self._wire = None
+            wire.handle(self, cycle, call)
 
     # ---- timers ----------------------------------------------------------------------------------------------
     def _arm(self, seconds: float, callback: Any, kind: str) -> None:

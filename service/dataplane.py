@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -135,6 +135,15 @@ class Decoded(Generic[T]):
     hidden: list[str]
     encode: Callable[[dict[str, np.ndarray]], T]
     categorical: np.ndarray | None = None  # (N, K) str: the ``categorical`` input of a model that has one
+
+
+class Prepared(NamedTuple):
+    """An inference request before decoding: the decode function and its arguments (the model already looked
+    up), and whether the body is compressed (then it is decoded on the inference threads)."""
+
+    decode: Callable[..., Decoded[Any]]
+    args: tuple[Any, ...]
+    compressed: bool
 
 
 def decode_v2(

@@ -189,24 +189,43 @@ class RequestContext:
         return limited
 
     def _account(self, scope: Scope, info: RequestInfo, status: int, seconds: float) -> None:
-        """Metrics and the access-log line of one finished request."""
-        protocol = _protocol(scope["path"])
-        self.state.metrics.observe(
-            info.model, protocol, status, seconds, info.rows if status == 200 else None
+        client = scope.get("client")
+        account(
+            self.state, scope["method"], scope["path"], client[0] if client else None, info, status, seconds
         )
-        if info.trace is not None:
-            # A client's mistake (4xx) is not a server error (OpenTelemetry's rule for server spans).
-            error = f"HTTP {status}" if status >= 500 else None
-            info.trace.finish(
-                info.model, info.version, info.rows, {"http.response.status_code": status}, error
-            )
-        access = self.state.access_log
-        if access is not None:
-            client = scope.get("client")
-            access.record(
-                scope["method"], scope["path"], status, seconds, info.request_id, protocol, info.model,
-                info.version, info.rows, client[0] if client else None,
-            )  # fmt: skip
+
+
+def account(
+    state: ServiceState,
+    method: str,
+    path: str,
+    client: str | None,
+    info: RequestInfo,
+    status: int,
+    seconds: float,
+) -> None:
+    """Metrics, the span's end and the access-log line of one finished request (whichever way it was served:
+    :class:`RequestContext`, or :mod:`service.wire`)."""
+    protocol = _protocol(path)
+    state.metrics.observe(info.model, protocol, status, seconds, info.rows if status == 200 else None)
+    if info.trace is not None:
+        # A client's mistake (4xx) is not a server error (OpenTelemetry's rule for server spans).
+        error = f"HTTP {status}" if status >= 500 else None
+        info.trace.finish(info.model, info.version, info.rows, {"http.response.status_code": status}, error)
+    access = state.access_log
+    if access is not None:
+        access.record(
+            method,
+            path,
+            status,
+            seconds,
+            info.request_id,
+            protocol,
+            info.model,
+            info.version,
+            info.rows,
+            client,
+        )
 
 
 async def _service_error(request: Request, exc: Exception) -> Response:

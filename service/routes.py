@@ -35,6 +35,9 @@ Endpoint = Callable[..., Awaitable[Response]]
 #: A hot route's core: ``(info, body, raw headers, **path parameters) -> Reply``, the endpoint's whole work
 #: once the body is read; the fast path calls it without any Starlette object.
 Core = Callable[..., Awaitable[dataplane.Reply]]
+#: A hot route's first step: ``(info, body, raw headers, **path parameters) -> Prepared``: the model looked up
+#: and the decode to run, before anything is decoded; :mod:`service.wire` runs the rest without a task.
+Prepare = Callable[..., dataplane.Prepared]
 #: The request headers as the server gives them: lower-case names, bytes.
 RawHeaders = list[tuple[bytes, bytes]]
 _HEADER_LENGTH = v2.HEADER_LENGTH.lower().encode("latin-1")
@@ -64,6 +67,7 @@ class Route:
     guarded: bool = False  # needs the key, when one is set
     hot: bool = False  # served by the fast path
     core: Core | None = None  # a hot route's work past reading the body (see :data:`Core`)
+    prepare: Prepare | None = None  # its first, synchronous step (see :data:`Prepare`)
     #: The path as Starlette compiles it (``{param}`` is ``[^/]+``), for the fast path.
     pattern: re.Pattern[str] = field(init=False, repr=False)
 
@@ -85,6 +89,7 @@ def versioned(
     description: str | None = None,
     version_name: str | None = None,
     core: Core | None = None,
+    prepare: Prepare | None = None,
     **flags: bool,
 ) -> tuple[Route, Route]:
     """The unversioned route ``prefix + suffix`` (with ``description``) and ``prefix/versions/{version} + suffix``.
@@ -95,10 +100,13 @@ def versioned(
     plain_doc = doc if description is None else {**doc, "description": description}
     name = endpoint.__name__
     return (
-        Route(method, prefix + suffix, endpoint, summaries[0], plain_doc, name=name, core=core, **flags),
+        Route(
+            method, prefix + suffix, endpoint, summaries[0], plain_doc, name=name, core=core, prepare=prepare,
+            **flags,
+        ),
         Route(
             method, f"{prefix}/versions/{{version}}{suffix}", endpoint, summaries[1], doc,
-            name=version_name or f"{name}_version", core=core, **flags,
+            name=version_name or f"{name}_version", core=core, prepare=prepare, **flags,
         ),
     )  # fmt: skip
 
@@ -150,14 +158,21 @@ class Endpoints:
         self, info: RequestInfo, body: bytes, headers: RawHeaders, name: str, version: str | None = None
     ) -> dataplane.Reply:
         """V2 ``infer`` once the body is read: what the FastAPI route and the fast path both answer."""
+        return await self._offload(info, body, self.v2_infer_prepare(info, body, headers, name, version))
+
+    def v2_infer_prepare(
+        self, info: RequestInfo, body: bytes, headers: RawHeaders, name: str, version: str | None = None
+    ) -> dataplane.Prepared:
+        """V2 ``infer``'s model and decode (every way in: the two above and :mod:`service.wire`)."""
         model = self._model(info, name, version)
         encoding, header_length = find_headers(headers, b"content-encoding", _HEADER_LENGTH)
-        state = self.state
-        assert state.offload is not None, "the models load before any inference"
-        return await state.offload.infer(
-            len(body), encoding is not None, dataplane.decode_v2, info, model, body, encoding, header_length,
-            state.limits, info,
-        )  # fmt: skip
+        args = (model, body, encoding, header_length, self.state.limits, info)
+        return dataplane.Prepared(dataplane.decode_v2, args, encoding is not None)
+
+    async def _offload(self, info: RequestInfo, body: bytes, prepared: dataplane.Prepared) -> dataplane.Reply:
+        offload = self.state.offload
+        assert offload is not None, "the models load before any inference"
+        return await offload.infer(len(body), prepared.compressed, prepared.decode, info, *prepared.args)
 
     async def v1_predict(self, request: Request, name: str, version: str | None = None) -> Response:
         reply = await self.v1_predict_core(request_info(request), await request.body(), request.scope["headers"], name, version)  # fmt: skip
@@ -167,13 +182,16 @@ class Endpoints:
         self, info: RequestInfo, body: bytes, headers: RawHeaders, name: str, version: str | None = None
     ) -> dataplane.Reply:
         """V1 ``:predict`` once the body is read: what the FastAPI route and the fast path both answer."""
+        return await self._offload(info, body, self.v1_predict_prepare(info, body, headers, name, version))
+
+    def v1_predict_prepare(
+        self, info: RequestInfo, body: bytes, headers: RawHeaders, name: str, version: str | None = None
+    ) -> dataplane.Prepared:
+        """V1 ``:predict``'s model and decode."""
         model = self._model(info, name, version)
         (encoding,) = find_headers(headers, b"content-encoding")
-        state = self.state
-        assert state.offload is not None, "the models load before any inference"
-        return await state.offload.infer(
-            len(body), encoding is not None, dataplane.decode_v1, info, model, body, encoding, state.limits, info,
-        )  # fmt: skip
+        args = (model, body, encoding, self.state.limits, info)
+        return dataplane.Prepared(dataplane.decode_v1, args, encoding is not None)
 
     async def v1_status(self, request: Request, name: str) -> Response:
         model = self._model(request_info(request), name, None)
@@ -337,11 +355,11 @@ def route_table(state: ServiceState) -> list[Route]:
         ),
         *versioned(
             "POST", models, "/infer", e.v2_infer, ("Inference", "Inference on a version"), infer_doc,
-            guarded=True, hot=True, core=e.v2_infer_core,
+            guarded=True, hot=True, core=e.v2_infer_core, prepare=e.v2_infer_prepare,
         ),
         *versioned(
             "POST", v1_models, ":predict", e.v1_predict, ("Predict (V1)", "Predict on a version (V1)"),
-            predict_doc, guarded=True, hot=True, core=e.v1_predict_core,
+            predict_doc, guarded=True, hot=True, core=e.v1_predict_core, prepare=e.v1_predict_prepare,
         ),
         Route(
             "GET", v1_models, e.v1_status, "Model status (V1)", _json("v1", schemas.V1ModelStatus, 401, 404, 503),
