@@ -5,9 +5,12 @@ is set), its rows are handed to one feeder thread, in arrival order, so that a r
 its rows. The feeder takes everything that arrived while it was busy in one go and calls each observer once on
 the concatenated rows (the drift monitor's update is a closed form over any number of rows, ~50 us whether 1 or
 100): under load that is one thread wake-up and one update per burst rather than per request (measured: about
-40 us of CPU per batch-1 request when each request updated the monitor itself). The feeder lingers a few
-milliseconds after a wake-up before it takes the rows: otherwise it would grab the GIL each time another thread
-releases it inside onnxruntime and drain one request at a time. Readers of what the observers accumulate call
+40 us of CPU per batch-1 request when each request updated the monitor itself). The feeder lingers 20 ms
+after a wake-up before it takes the rows: otherwise it would grab the GIL each time another thread releases it
+inside onnxruntime and drain one request at a time; and every drain takes the GIL from the event loop, so
+fewer, larger drains cost the serving thread less (with 5 ms, the drift's share of a batch-1 request on the
+wire path was about 15 us of the event loop's time, with 20 ms about 10: ``benchmarks/request_profile.py``,
+drift on and off). Drift statistics have horizons of thousands of rows; 20 ms is no staleness. Readers of what the observers accumulate call
 :meth:`ObserverFeeder.flush` first, to see every row served before the read.
 """
 
@@ -34,7 +37,7 @@ class ObserverFeeder:
     ``skipped_rows``; the first skip is logged) rather than run on the loop or queued without bound.
     """
 
-    def __init__(self, max_pending: int = 1024, linger: float = 0.005) -> None:
+    def __init__(self, max_pending: int = 1024, linger: float = 0.02) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnserve-observers")
         self._max_pending = max_pending
         self._linger = linger
