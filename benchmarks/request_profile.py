@@ -5,6 +5,10 @@ run, and driven directly on a uvloop event loop, no socket: what is left of a re
 parsed it. Each figure is the best of ``--rounds`` rounds of ``--calls`` sequential calls (so a batch-1 request
 is batched with nobody: the batcher's own cost shows), in microseconds per call:
 
+- ``wire path`` / ``asgi path``: the connection's protocol fed ``--connections`` whole requests per loop
+  iteration (one per connection, as under that many clients) and run until every response is written, with
+  the wire path in its lifespan state (:mod:`service.wire`) or without (the ASGI app): CPU per request,
+  parsing included, socket excluded;
 - ``asgi``: the whole app (request id, metrics, access line, fast path, model, response);
 - ``fast path``: from the fast path down (no request-id layer, metrics or access line);
 - ``offload.infer``: decode, the batcher (future, loop iteration), onnxruntime, encode;
@@ -12,7 +16,7 @@ is batched with nobody: the batcher's own cost shows), in microseconds per call:
 - ``decode`` / ``session.run`` / ``encode``: the steps;
 - ``metrics.observe`` / ``access.record``: per-request accounting.
 
-    python -m benchmarks.request_profile [--batch 1] [--calls 3000] [--rounds 5]
+    python -m benchmarks.request_profile [--batch 1] [--calls 3000] [--rounds 5] [--connections 16] [--no-drift]
 
 The server's own share (uvicorn, httptools, the socket) is what ``python -m benchmarks.serve`` reports for
 the bare ASGI no-op, as CPU microseconds per request.
@@ -41,13 +45,83 @@ def body_for(batch: int) -> bytes:
     return json.dumps({"inputs": [tensor]}).encode()
 
 
-async def profile(batch: int, calls: int, rounds: int) -> dict[str, float]:
+class RecordingTransport(asyncio.Transport):
+    """A connection's transport that keeps what the protocol writes (no socket)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def protocol_cost(
+    app: Any, lifespan_state: dict[str, Any], body: bytes, connections: int, calls: int
+) -> float:
+    """CPU microseconds per request through the connection's protocol: ``connections`` keep-alive connections
+    each given one whole request per loop iteration, until ``calls`` requests are answered."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from service.connections import BoundedHttpToolsProtocol
+
+    config = uvicorn.Config(app, lifespan="off", log_config=None, proxy_headers=False)
+    config.load()
+    raw = (
+        b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    ) + body
+    server_state = ServerState()
+    conns = []
+    for _ in range(connections):
+        protocol = BoundedHttpToolsProtocol(config, server_state, dict(lifespan_state))
+        transport = RecordingTransport()
+        protocol.connection_made(transport)
+        conns.append((protocol, transport))
+    rounds = max(1, calls // connections)
+    started = time.process_time()
+    for _ in range(rounds):
+        for protocol, _ in conns:
+            protocol.data_received(raw)
+        for _ in range(10_000):  # bounded: a round is answered within a few loop iterations
+            if all(t.written.endswith(b"}") for _, t in conns):
+                break
+            await asyncio.sleep(0)
+        for _, transport in conns:
+            assert transport.written.startswith(b"HTTP/1.1 200 "), transport.written[:100]
+            transport.written.clear()
+    cpu = time.process_time() - started
+    for protocol, _ in conns:
+        protocol.connection_lost(None)
+    return cpu / (rounds * connections) * 1e6
+
+
+async def profile(
+    batch: int, calls: int, rounds: int, connections: int = 16, drift: bool = True
+) -> dict[str, float]:
     from service import dataplane, v2
     from service.app import create_app
     from service.settings import Settings
 
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    settings = Settings(model_repository=ROOT / "models", grpc_port=0, workers=1)
+    settings = Settings(model_repository=ROOT / "models", grpc_port=0, workers=1, drift_enabled=drift)
     app = create_app(settings)
     body = body_for(batch)
     scope = {
@@ -78,7 +152,7 @@ async def profile(batch: int, calls: int, rounds: int) -> dict[str, float]:
             times.append((time.perf_counter() - started) / calls * 1e6)
         out[name] = min(times)
 
-    async with app.router.lifespan_context(app):
+    async with app.router.lifespan_context(app) as lifespan_state:
         state = app.state.service
         if state.access_log is not None:  # the lines are formatted and written (batched), to nowhere
             state.access_log.stream = open(os.devnull, "w")  # closed with the process
@@ -92,6 +166,12 @@ async def profile(batch: int, calls: int, rounds: int) -> dict[str, float]:
         request = v2.parse_infer_request(body, None, model, state.limits.max_batch_rows)
         names = model.run_names((), model.watches_layers)
 
+        for name, wire in (("wire path", True), ("asgi path", False)):
+            given = lifespan_state if wire else {}
+            await protocol_cost(app, given, body, connections, calls // 5)  # warm
+            out[name] = min(
+                [await protocol_cost(app, given, body, connections, calls) for _ in range(rounds)]
+            )
         await best("asgi", lambda: app(dict(scope), receive, send))
         fast = app.front.app  # RequestContext -> FastPath
         await best("fast path", lambda: fast(dict(scope, **{"bnserve.info": info}), receive, send))
@@ -125,11 +205,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument(
+        "--connections", type=int, default=16, help="requests per loop iteration (wire/asgi path)"
+    )
+    ap.add_argument("--no-drift", action="store_true", help="serve without the drift monitors")
     args = ap.parse_args()
     import uvloop
 
-    figures = uvloop.run(profile(args.batch, args.calls, args.rounds))
-    print(f"# V2 JSON, batch {args.batch}, in process (uvloop), best of {args.rounds} x {args.calls} calls")
+    figures = uvloop.run(profile(args.batch, args.calls, args.rounds, args.connections, not args.no_drift))
+    print(
+        f"# V2 JSON, batch {args.batch}, in process (uvloop), best of {args.rounds} x {args.calls} calls; "
+        f"drift {'off' if args.no_drift else 'on'}; wire/asgi path: {args.connections} requests per loop "
+        "iteration, CPU us per request"
+    )
     for name, us in figures.items():
         print(f"{name:>18}: {us:8.1f} us")
 

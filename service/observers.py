@@ -6,19 +6,17 @@ its rows. The feeder takes everything that arrived while it was busy in one go a
 the concatenated rows (the drift monitor's update is a closed form over any number of rows, ~50 us whether 1 or
 100): under load that is one thread wake-up and one update per burst rather than per request (measured: about
 40 us of CPU per batch-1 request when each request updated the monitor itself). The feeder lingers 20 ms
-after a wake-up before it takes the rows: otherwise it would grab the GIL each time another thread releases it
-inside onnxruntime and drain one request at a time; and every drain takes the GIL from the event loop, so
-fewer, larger drains cost the serving thread less (with 5 ms, the drift's share of a batch-1 request on the
-wire path was about 15 us of the event loop's time, with 20 ms about 10: ``benchmarks/request_profile.py``,
-drift on and off). Drift statistics have horizons of thousands of rows; 20 ms is no staleness. Readers of what the observers accumulate call
-:meth:`ObserverFeeder.flush` first, to see every row served before the read.
+after a wake-up before it takes the rows (less once a quarter of ``max_pending`` batches wait): otherwise it
+would grab the GIL each time another thread releases it inside onnxruntime and drain one request at a time;
+and each drain takes the GIL from the event loop, so fewer, larger drains cost the serving thread less (5 ms
+before; BENCHMARKS.md). Drift statistics have horizons of thousands of rows: 20 ms is no staleness. Readers of
+what the observers accumulate call :meth:`ObserverFeeder.flush` first, to see every row served before the read.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -45,6 +43,8 @@ class ObserverFeeder:
         # (observer, rows, hidden layers' outputs or None, what), in arrival order
         self._pending: list[tuple[Any, Any, Sequence[np.ndarray] | None, str]] = []
         self._draining_scheduled = False
+        # Set when a quarter of max_pending waits: the drain stops lingering (a burst must not reach the limit).
+        self._crowded = threading.Event()
         self.skipped_rows = 0
 
     def wrap(self, observe: Observer, what: str, pairs: bool = False) -> Observer:
@@ -78,6 +78,8 @@ class ObserverFeeder:
                 self._pending.append((observe, rows, layers, what))
                 wake = not self._draining_scheduled
                 self._draining_scheduled = True
+                if len(self._pending) == self._max_pending // 4:
+                    self._crowded.set()
         if full:
             self._skip(len(rows[0]) if pairs else len(x), what)
         elif wake:  # else a drain is queued and will take these rows too
@@ -85,10 +87,11 @@ class ObserverFeeder:
 
     def _drain(self) -> None:
         """Run every observer once on all of its pending rows, concatenated in arrival order."""
-        time.sleep(self._linger)  # let a burst gather (the GIL is free meanwhile)
+        self._crowded.wait(self._linger)  # let a burst gather (the GIL is free meanwhile)
         with self._lock:
             pending, self._pending = self._pending, []
             self._draining_scheduled = False
+            self._crowded.clear()
         grouped: dict[int, tuple[Any, list[Any], list[Sequence[np.ndarray]], str]] = {}
         for observe, rows, layers, what in pending:
             group = grouped.setdefault(id(observe), (observe, [], [], what))

@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
+from benchmarks.request_profile import RecordingTransport
 from service.app import create_app
 from service.connections import WIRE_STATE_KEY, BoundedHttpToolsProtocol
 from service.wire import WirePath
@@ -62,33 +63,6 @@ CASES: list[tuple[str, bytes, dict[str, str], bool]] = [
 ]
 
 
-class Transport(asyncio.Transport):
-    """Records what the protocol writes; closes when told."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = False
-
-    def write(self, data: Any) -> None:
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 8000)}.get(name, default)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 class Harness:
     """One app (lifespan run) behind fresh protocols, with or without the wire path in their lifespan state."""
 
@@ -103,7 +77,7 @@ class Harness:
         tasks the protocol started."""
         server_state = ServerState()
         protocol = BoundedHttpToolsProtocol(self.config, server_state, dict(self.state) if wire else {})
-        transport = Transport()
+        transport = RecordingTransport()
         protocol.connection_made(transport)
         tasks = 0
         parts = [raw] if split is None else [raw[:split], raw[split:]]
