@@ -10,7 +10,7 @@ import sys
 
 from benchmarks.harness import ROOT
 
-STEPS = ("asgi", "fast path", "offload.infer", "data plane, sync", "decode", "session.run", "encode",
+STEPS = ("wire path", "asgi path", "asgi", "fast path", "offload.infer", "data plane, sync", "decode", "session.run", "encode",
          "metrics.observe", "access.record")  # fmt: skip
 
 

@@ -56,7 +56,12 @@ CASES: list[tuple[str, bytes, dict[str, str], bool]] = [
     ("/v2/models/digits/infer", V2, {}, False),  # no key: FastAPI's 401
     ("/v2/models/digits/infer", V2, {"Authorization": "Bearer wrong"}, False),
     ("/v2/models/digits/infer", V2, {**AUTH, "Content-Encoding": "identity"}, False),
-    ("/v2/models/digits/infer", json.dumps(infer_json(np.zeros((80, 64), np.float32))).encode(), AUTH, False),
+    (
+        "/v2/models/digits/infer",
+        json.dumps(infer_json(np.zeros((250, 64), np.float32))).encode(),
+        AUTH,
+        False,
+    ),  # > 64 KiB
     ("/v2/models/digits/infer", V2, {**AUTH, "X-Request-ID": "given-1"}, True),
     ("/v2/models/digits/infer", V2, {**AUTH, "X-Request-ID": "not a valid id"}, True),
     ("/v2/models/digits", b"", AUTH, False),  # POST to a GET route: 405 from FastAPI
