@@ -149,7 +149,7 @@ class Batcher:
             s = None  # (N, K), a model with a categorical input only
             if batch[0].categorical is not None:
                 s = _join([job.categorical for job in batch if job.categorical is not None])
-            layers = model.watches_layers
+            layers = model.wants_layers()
             hidden = sorted({name for job in batch for name in job.hidden})
             names = model.run_names(hidden, layers)
             results = dict(zip(names, model.session.run(names, model.feed(x, s))))

@@ -112,13 +112,19 @@ class ModelDriftMonitor(DriftMonitor):
 
     def update_layers(self, x: np.ndarray, outputs: Sequence[np.ndarray]) -> None:
         """Fold a batch of served rows and each hidden layer's outputs on them (``(n, units)`` per layer, the
-        graph's own, from the run that served the rows) into the statistics."""
+        graph's own) into the statistics, the layers within the row budget."""
+        rows = self.layer_budget.take(len(x)) if self.layers else None  # None: all of them
+        self.update_sampled(x, outputs if rows is None else [z[rows] for z in outputs])
+
+    def update_sampled(self, x: np.ndarray, outputs: Sequence[np.ndarray] | None = None) -> None:
+        """Fold served rows ``x`` into the input statistics, and each hidden layer's outputs on the rows the
+        budget took of them (``(k, units)`` per layer, :meth:`RowBudget.take` already applied where the model
+        ran; None when no row was taken) into the layers'. The service's layer observer."""
         super().update(self._numbers(x))
-        if not self.layers:
+        if not self.layers or outputs is None:
             return
-        rows = self.layer_budget.take(len(x))  # None: all of them
         for layer, z in zip(self.layers, outputs, strict=True):
-            layer.monitor.update(z if rows is None else z[rows])
+            layer.monitor.update(z)
 
     def _numbers(self, x: np.ndarray) -> np.ndarray:
         """The served numbers as the training statistics saw them: a missing cell at its imputed value."""
@@ -170,6 +176,13 @@ class RowBudget:
         self._last = clock()
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
+
+    def wants(self) -> bool:
+        """Whether a row could be taken now (a run need not compute the hidden layers otherwise)."""
+        if self.rate <= 0:
+            return True
+        with self._lock:
+            return self._tokens + (self._clock() - self._last) * self.rate >= 1
 
     def take(self, n: int) -> np.ndarray | None:
         """Which of a batch's ``n`` rows to use: sorted indices, or None for all of them."""

@@ -57,9 +57,10 @@ class ObserverFeeder:
         return fed
 
     def wrap_layers(self, observe: LayerObserver, what: str) -> LayerObserver:
-        """A layer observer (rows and the hidden layers' outputs of the same rows), run on the feeder thread."""
+        """A layer observer (rows, and the hidden layers' outputs on the rows sampled of them or None), run on
+        the feeder thread; it gets each drain's rows, and the layer rows of the batches that had any."""
 
-        def fed(x: np.ndarray, layers: Sequence[np.ndarray]) -> None:
+        def fed(x: np.ndarray, layers: Sequence[np.ndarray] | None) -> None:
             self._hand_over(observe, x, layers, what)
 
         return fed

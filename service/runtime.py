@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -31,8 +31,21 @@ log = logging.getLogger("bnserve.runtime")
 #: service wraps each observer (``ObserverFeeder.wrap``) so that the real work happens on its feeder thread.
 #: A model with a ``categorical`` input calls its observers with the pair ``(x, categorical)`` instead.
 Observer = Callable[[Any], None]
-#: Called with the rows and each hidden layer's outputs ``(N, units)`` of the same rows.
-LayerObserver = Callable[[np.ndarray, Sequence[np.ndarray]], None]
+#: Called with the served rows (N, F) and each hidden layer's outputs on a sample of them (``(k, units)``, the
+#: rows :attr:`ModelRuntime.layer_sampler` picked), or None when the run computed no hidden layer.
+LayerObserver = Callable[[np.ndarray, Sequence[np.ndarray] | None], None]
+
+
+class RowSampler(Protocol):
+    """Which rows of each served batch the layer observers take (``service.hidden_drift.RowBudget``)."""
+
+    def wants(self) -> bool:
+        """Whether the next batch may have rows taken (else its run need not compute the hidden layers)."""
+        ...
+
+    def take(self, n: int) -> np.ndarray | None:
+        """The rows taken of a batch of ``n``: sorted indices (maybe none), or None for all of them."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,9 @@ class ModelRuntime:
     #: Observers of the rows and the hidden layers' outputs (one array per layer, in
     #: ``hidden_output_names`` order) computed in the same run: the hidden-layer drift monitor.
     layer_observers: list[LayerObserver] = field(default_factory=list)
+    #: Which rows the layer observers get (None: every row). Decided where the model runs: a run computes the
+    #: hidden layers only when the sampler wants rows, and hands over only the rows taken.
+    layer_sampler: RowSampler | None = None
     #: Inputs are refused beyond [-input_limit, input_limit] (:func:`input_limit`): the outputs stay finite there.
     input_limit: float = FLOAT32_MAX
     #: The string input ``categorical`` of a model with categorical or boolean features, else None.
@@ -110,7 +126,7 @@ class ModelRuntime:
         row's result does not depend on the batch it came in: :class:`service.batching.Batcher` relies on it.
         """
         self.check_rows(x)
-        layers = self.watches_layers
+        layers = self.wants_layers()
         names = self.run_names(hidden, layers)
         results = dict(zip(names, self.session.run(names, self.feed(x, categorical))))
         bad = self.first_nonfinite(results, 0, len(x))
@@ -137,8 +153,13 @@ class ModelRuntime:
 
     @property
     def watches_layers(self) -> bool:
-        """Whether an observer wants the hidden layers' outputs of every served row."""
+        """Whether an observer wants the hidden layers' outputs of served rows."""
         return bool(self.layer_observers) and bool(self.hidden_output_names)
+
+    def wants_layers(self) -> bool:
+        """Whether the next run should compute the hidden layers for the layer observers: they watch, and the
+        sampler (if any) has room for rows."""
+        return self.watches_layers and (self.layer_sampler is None or self.layer_sampler.wants())
 
     def run_names(self, hidden: Sequence[str] = (), layers: bool = False) -> list[str]:
         """The graph outputs to compute: the served ones, the hidden ones a client named, and every hidden one
@@ -177,9 +198,15 @@ class ModelRuntime:
                 observe(batch)
             except Exception:  # an observer must never fail a prediction
                 log.exception("observer %r failed for model %s/%d", observe, self.name, self.version)
-        if results is None or not self.layer_observers:
+        if not self.layer_observers:
             return
-        layers = [results[name] for name in self.hidden_output_names]
+        layers: list[np.ndarray] | None = None
+        if results is not None:
+            rows = None if self.layer_sampler is None else self.layer_sampler.take(len(x))
+            if rows is None:
+                layers = [results[name] for name in self.hidden_output_names]
+            elif len(rows):  # a copy of the few rows taken: the run's whole arrays are not held on to
+                layers = [results[name][rows] for name in self.hidden_output_names]
         for observe_layers in self.layer_observers:
             try:
                 observe_layers(x, layers)

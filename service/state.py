@@ -183,7 +183,10 @@ class ServiceState:
                 layer_rows_per_second=settings.drift_layers_max_rows,
             )
             if layers:
-                model.layer_observers.append(self.feeder.wrap_layers(monitor.update_layers, what))
+                # The row budget is applied where the model runs: a run computes the hidden layers only when
+                # the budget has room, and only the rows taken are handed to the feeder.
+                model.layer_observers.append(self.feeder.wrap_layers(monitor.update_sampled, what))
+                model.layer_sampler = monitor.layer_budget if monitor.layer_budget.rate > 0 else None
             else:
                 model.observers.append(self.feeder.wrap(_numbers(monitor.update, pairs), what, pairs))
             self.drift = {**self.drift, key: monitor}

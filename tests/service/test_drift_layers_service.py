@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -122,3 +123,40 @@ def test_hidden_outputs_only_when_a_client_names_them(digits: Digits) -> None:
         "unknown output 'layer9.z'; model 'digits' outputs ['probabilities', 'label'] "
         "(and, on request, the hidden ['layer0.z', 'layer1.z'])"
     )
+
+
+class RecordingSession:
+    """An onnxruntime session that notes the outputs each run computes."""
+
+    def __init__(self, session: object) -> None:
+        self.session, self.runs = session, []  # type: list[list[str]]
+
+    def run(self, names: list[str], feed: dict) -> list:
+        self.runs.append(list(names))
+        return self.session.run(names, feed)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.session, name)
+
+
+def test_the_layers_budget_is_applied_where_the_model_runs(digits: Digits) -> None:
+    """Over the budget, a run computes no hidden layer at all; the inputs still see every row, and every layer
+    sees the same rows, no more than the budget allows."""
+    rows = digits.held_out[:60]
+    with TestClient(create_app(settings_for(digits.root, access_log=False, drift_layers_max_rows=5))) as c:
+        model = c.app.state.service.models().get("digits", None)  # type: ignore[attr-defined]
+        recording = RecordingSession(model.session)
+        model.session = recording
+        started = time.monotonic()
+        for row in rows:  # one row per request: 60 runs
+            send(c, row[None, :])
+        elapsed = time.monotonic() - started
+        drift = report(c)
+    hidden = set(model.hidden_output_names)
+    with_layers = [names for names in recording.runs if hidden & set(names)]
+    allowed = 5 + 5 * elapsed  # a second's worth of rows to start with, then 5 a second
+    assert drift["rows_seen"] == 60
+    seen = {layer["rows_seen"] for layer in drift["layers"]}
+    assert len(seen) == 1 and 1 <= seen.pop() <= allowed
+    assert 1 <= len(with_layers) <= allowed and len(with_layers) < len(recording.runs)
+    assert all(set(names) >= hidden for names in with_layers)  # all layers, or none

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +51,11 @@ def test_bad_setting_is_one_line(argv: list[str], message: str) -> None:
 
 
 def test_bad_setting_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--port", "nope"]) == 2
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        assert main(["--port", "nope"]) == 2
+    finally:  # main installs the start-up SIGINT handler: the rest of this process keeps Python's
+        signal.signal(signal.SIGINT, before)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("bnserve: invalid setting --port")
 
