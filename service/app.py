@@ -1,6 +1,8 @@
 """``create_app(settings)``: the bnserve ASGI app, assembled from its parts and nothing else.
 
-Outermost first, a request meets :class:`~service.middleware.RequestContext` (request id, body limit, access
+A small inference request (POST, up to ``inline_max_bytes``, uncompressed, tracing off) never reaches the ASGI
+app: the connection's protocol hands it to :class:`~service.wire.WirePath`, which the lifespan puts in the
+state uvicorn gives every connection. Through the app, outermost first, a request meets :class:`~service.middleware.RequestContext` (request id, body limit, access
 log, metrics, span, the catch-all 500), then :class:`~service.fastpath.FastPath` (the inference routes), then
 FastAPI's routing over :func:`~service.routes.route_table`. Models load in the lifespan
 (:meth:`~service.state.ServiceState.start`); the gRPC server (:mod:`service.grpc_server`) starts after them
