@@ -78,6 +78,8 @@ class ModelRuntime:
     #: Which rows the layer observers get (None: every row). Decided where the model runs: a run computes the
     #: hidden layers only when the sampler wants rows, and hands over only the rows taken.
     layer_sampler: RowSampler | None = None
+    #: Which rows of each served batch the observers and the layer observers' inputs get (None: every row).
+    row_sampler: RowSampler | None = None
     #: Inputs are refused beyond [-input_limit, input_limit] (:func:`input_limit`): the outputs stay finite there.
     input_limit: float = FLOAT32_MAX
     #: The string input ``categorical`` of a model with categorical or boolean features, else None.
@@ -191,22 +193,28 @@ class ModelRuntime:
     ) -> None:
         """Hand served rows ``x`` to the observers (``(x, categorical)`` for a model with a ``categorical``
         input), and with them the hidden layers' outputs in ``results`` to the layer observers (when the run
-        computed them)."""
-        batch = x if categorical is None else (x, categorical)
-        for observe in self.observers:
-            try:
-                observe(batch)
-            except Exception:  # an observer must never fail a prediction
-                log.exception("observer %r failed for model %s/%d", observe, self.name, self.version)
-        if not self.layer_observers:
-            return
+        computed them): the rows :attr:`row_sampler` takes (all without one), and the layers on the rows
+        :attr:`layer_sampler` takes, each sampled from the whole batch."""
         layers: list[np.ndarray] | None = None
-        if results is not None:
-            rows = None if self.layer_sampler is None else self.layer_sampler.take(len(x))
-            if rows is None:
+        if results is not None and self.layer_observers:
+            picked = None if self.layer_sampler is None else self.layer_sampler.take(len(x))
+            if picked is None:
                 layers = [results[name] for name in self.hidden_output_names]
-            elif len(rows):  # a copy of the few rows taken: the run's whole arrays are not held on to
-                layers = [results[name][rows] for name in self.hidden_output_names]
+            elif len(picked):  # a copy of the few rows taken: the run's whole arrays are not held on to
+                layers = [results[name][picked] for name in self.hidden_output_names]
+        rows = None if self.row_sampler is None else self.row_sampler.take(len(x))
+        if rows is not None:  # over the observers' budget: a uniform sample of the batch
+            x = x[rows]
+            categorical = None if categorical is None else categorical[rows]
+        if len(x):
+            batch = x if categorical is None else (x, categorical)
+            for observe in self.observers:
+                try:
+                    observe(batch)
+                except Exception:  # an observer must never fail a prediction
+                    log.exception("observer %r failed for model %s/%d", observe, self.name, self.version)
+        if not len(x) and layers is None:
+            return
         for observe_layers in self.layer_observers:
             try:
                 observe_layers(x, layers)

@@ -190,8 +190,17 @@ class Settings(BaseSettings):
         le=1e9,
         allow_inf_nan=False,
         description="Rows per second per worker that the hidden layers' drift statistics take at most: above it "
-        "(heavy traffic) a uniform sample of each burst, below it every row; the inputs always see every row. "
-        "0: every row (their update costs ~10x the inputs' per row).",
+        "(heavy traffic) a uniform sample of each served batch, below it every row; a run over the budget "
+        "computes no hidden layer. 0: every row (their update costs ~10x the inputs' per row).",
+    )
+    drift_max_rows: float = Field(
+        default=20000.0,
+        ge=0,
+        le=1e9,
+        allow_inf_nan=False,
+        description="Rows per second per worker that the observers (the inputs' drift statistics, the live-input "
+        "sample, the missing-cell counts) take at most: above it a uniform sample of each served batch, below it "
+        "every row. 0: every row.",
     )
     drift_sample_rows: int = Field(
         default=0,

@@ -22,7 +22,7 @@ from service.cells import count_cells
 from service.dataplane import Limits, Offload
 from service.drift import DriftMonitor
 from service.errors import ModelLoadError, NotFound, NotReady
-from service.hidden_drift import ModelDriftMonitor
+from service.hidden_drift import ModelDriftMonitor, RowBudget
 from service.lifecycle import Hooks, ModelManager
 from service.metrics import Metrics
 from service.observers import ObserverFeeder
@@ -190,6 +190,8 @@ class ServiceState:
             else:
                 model.observers.append(self.feeder.wrap(_numbers(monitor.update, pairs), what, pairs))
             self.drift = {**self.drift, key: monitor}
+        if settings.drift_max_rows > 0:  # the observers' row budget, decided where the model runs
+            model.row_sampler = RowBudget(settings.drift_max_rows, seed=1)
         if settings.drift_sample_rows:
             # A fixed seed: the same traffic gives the same sample (still uniform over the rows)
             reservoir = Reservoir(settings.drift_sample_rows, model.n_features, seed=0)

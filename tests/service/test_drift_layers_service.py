@@ -160,3 +160,18 @@ def test_the_layers_budget_is_applied_where_the_model_runs(digits: Digits) -> No
     assert len(seen) == 1 and 1 <= seen.pop() <= allowed
     assert 1 <= len(with_layers) <= allowed and len(with_layers) < len(recording.runs)
     assert all(set(names) >= hidden for names in with_layers)  # all layers, or none
+
+
+def test_the_inputs_budget_samples_the_served_rows(digits: Digits) -> None:
+    """Over BNSERVE_DRIFT_MAX_ROWS the inputs' statistics take a sample of the rows served; at 0, every row."""
+    rows = digits.held_out[:64]
+    for budget, _ in ((8.0, "sampled"), (0.0, "every row")):
+        with TestClient(create_app(settings_for(digits.root, access_log=False, drift_max_rows=budget))) as c:
+            started = time.monotonic()
+            send(c, rows)  # BATCH rows per request
+            elapsed = time.monotonic() - started
+            seen = report(c)["rows_seen"]
+        if budget:
+            assert 1 <= seen <= budget * (1 + elapsed) < len(rows)
+        else:
+            assert seen == len(rows)
