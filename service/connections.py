@@ -167,6 +167,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._rejected = False  # its headers were too large: what else it sends is ignored
         self._in_headers = False  # inside uvicorn's on_headers_complete, where a request's task would start
         self._wire: tuple[Any, Any, Any] | None = None  # (cycle, call, wire path) of a request being received
+        self._wire_waiting: asyncio.Future[None] | None = (
+            None  # its place in the server's tasks (body to come)
+        )
 
     # ---- connection ----------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -196,6 +199,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._wire is not None:  # a wire-path request whose body never completed
             _, call, wire = self._wire
             self._wire = None
+            self._release_wire()
             wire.gone(self, call)
         super().connection_lost(exc)
 
@@ -213,6 +217,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         ):
             self._close("header_too_large", self._header_error())
             return
+        if self._wire is not None and self._wire_waiting is None:
+            self._hold_wire()
         self._rearm()
 
     def _rearm(self) -> None:
@@ -279,7 +285,31 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._wire is not None and self._wire[0] is self.cycle:
             cycle, call, wire = self._wire
             self._wire = None
+            self._release_wire()
             wire.handle(self, cycle, call)
+
+    def _hold_wire(self) -> None:
+        """A wire-path request whose body is still to come: in the server's tasks, as its ASGI task would be, so
+        that a graceful shutdown waits for it, and cancels it at the end of its timeout (then a JSON 503)."""
+        waiting: asyncio.Future[None] = self.loop.create_future()
+        waiting.add_done_callback(self._wire_cancelled)
+        self._wire_waiting = waiting
+        self.tasks.add(waiting)  # type: ignore[arg-type]
+
+    def _release_wire(self) -> None:
+        waiting = self._wire_waiting
+        if waiting is not None:
+            self._wire_waiting = None
+            waiting.remove_done_callback(self._wire_cancelled)
+            self.tasks.discard(waiting)
+
+    def _wire_cancelled(self, waiting: asyncio.Future[None]) -> None:
+        if waiting is not self._wire_waiting or self._wire is None:
+            return
+        cycle, call, wire = self._wire
+        self._wire = None
+        self._release_wire()
+        wire.cancelled(self, cycle, call)
 
     # ---- timers ----------------------------------------------------------------------------------------------
     def _arm(self, seconds: float, callback: Any, kind: str) -> None:

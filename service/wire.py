@@ -198,6 +198,18 @@ class WirePath:
         self._account(conn, call, info, status)
         cycle.on_response()
 
+    def cancelled(self, conn: Connection, cycle: RequestResponseCycle, call: Call) -> None:
+        """The server stops and its graceful timeout ended before the body did: a JSON 503 and the connection
+        closed, as ``RequestContext`` answers a cancelled request."""
+        info = RequestInfo(request_id(call.request_id))
+        log.info(
+            "request %s cancelled: the server is shutting down", info.request_id,
+            extra={"request_id": info.request_id},
+        )  # fmt: skip
+        cycle.keep_alive = False  # _send writes connection: close
+        response = error_response(503, "the server is shutting down")
+        self._send(conn, cycle, call, info, 503, response.raw_headers, bytes(response.body))
+
     def gone(self, conn: Connection, call: Call) -> None:
         """The client left before its body was complete: status 499 and one INFO line, as ``RequestContext``."""
         info = RequestInfo(request_id(call.request_id))

@@ -88,7 +88,9 @@ class Harness:
         parts = [raw] if split is None else [raw[:split], raw[split:]]
         for part in parts:
             protocol.data_received(part)
-            tasks += len(server_state.tasks)
+            tasks += sum(
+                isinstance(t, asyncio.Task) for t in server_state.tasks
+            )  # a body to come is a future
             await asyncio.sleep(0)
         for _ in range(500):  # bounded: the answer comes within a few loop iterations
             if transport.written.count(b"HTTP/1.1 ") >= raw.count(b" HTTP/1.1\r\n") and _complete(
@@ -240,3 +242,41 @@ def _counts(state: Any) -> dict[tuple[str, ...], float]:
                     labels = sample.labels
                     out[(labels["model"], labels["protocol"], labels["status"])] = sample.value
     return out
+
+
+def test_a_body_still_coming_is_a_server_task_and_gets_503_when_shutdown_cancels_it(
+    harness: Harness, loop: asyncio.AbstractEventLoop
+) -> None:
+    """As an ASGI request's task: counted in the server's tasks while its body is to come (the graceful shutdown
+    waits for it), gone from them once it is complete, and answered a JSON 503 when the shutdown cancels it."""
+
+    async def scenario() -> tuple[bytes, bool, int, int, int]:
+        server_state = ServerState()
+        protocol = BoundedHttpToolsProtocol(harness.config, server_state, dict(harness.state))
+        transport = RecordingTransport()
+        protocol.connection_made(transport)
+        raw = raw_request("/v2/models/digits/infer", V2, AUTH)
+        protocol.data_received(raw[:-10])  # the body's last bytes are still to come
+        waiting = len(server_state.tasks)
+        protocol.data_received(raw[-10:])  # complete: answered, no longer a task
+        for _ in range(500):
+            if transport.written:
+                break
+            await asyncio.sleep(0.002)
+        completed = len(server_state.tasks)
+        answered = transport.written.startswith(b"HTTP/1.1 200 ")
+        transport.written.clear()
+        protocol.data_received(raw[:-10])
+        for task in list(server_state.tasks):  # what uvicorn does once the graceful timeout is over
+            task.cancel()
+        for _ in range(500):
+            if transport.closed:
+                break
+            await asyncio.sleep(0.002)
+        return bytes(transport.written), answered, waiting, completed, len(server_state.tasks)
+
+    written, answered, waiting, completed, left = run(loop, scenario())
+    assert answered and waiting == 1 and completed == 0 and left == 0
+    head, _, body = written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nconnection: close" in head
+    assert json.loads(body) == {"error": "the server is shutting down"}
