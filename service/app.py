@@ -42,7 +42,7 @@ def create_app(
     With ``settings.drift_enabled``, every loaded model version gets a drift monitor fed its served rows
     (``GET /v2/models/{name}/drift``, ``bnserve_drift_*`` gauges). ``observers_for(model)``, when given, is
     called once per loaded model and returns further callables fed the float32 rows of each successful
-    inference. Requests are traced by ``tracing`` when given, else as the OTEL_* variables say
+    inference (a uniform sample of each batch above ``settings.drift_max_rows`` rows a second). Requests are traced by ``tracing`` when given, else as the OTEL_* variables say
     (:meth:`Tracing.from_env`: off unless they ask).
     """
     state = ServiceState(settings=settings)

@@ -199,7 +199,7 @@ class Settings(BaseSettings):
         le=1e9,
         allow_inf_nan=False,
         description="Rows per second per worker that the observers (the inputs' drift statistics, the live-input "
-        "sample, the missing-cell counts) take at most: above it a uniform sample of each served batch, below it "
+        "sample, the missing-cell counts, create_app's observers_for) take at most: above it a uniform sample of each served batch, below it "
         "every row. 0: every row.",
     )
     drift_sample_rows: int = Field(
