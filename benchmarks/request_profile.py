@@ -14,7 +14,8 @@ is batched with nobody: the batcher's own cost shows), in microseconds per call:
 - ``offload.infer``: decode, the batcher (future, loop iteration), onnxruntime, encode;
 - ``data plane, sync``: decode, onnxruntime, encode in one call (what a thread runs for a large body);
 - ``decode`` / ``session.run`` / ``encode``: the steps;
-- ``metrics.observe`` / ``access.record``: per-request accounting.
+- ``metrics.observe`` / ``access.record``: per-request accounting;
+- ``access.flush/line``: formatting and writing the access log, per line (a flush holds the loop for its lines).
 
     python -m benchmarks.request_profile [--batch 1] [--calls 3000] [--rounds 5] [--connections 16] [--no-drift]
 
@@ -197,6 +198,26 @@ async def profile(
                     "127.0.0.1",
                 ),
             )  # fmt: skip
+            entry = (
+                time.time(),
+                "POST",
+                "/v2/models/digits/infer",
+                200,
+                0.001,
+                "bench",
+                "v2",
+                "digits",
+                1,
+                1,
+                None,
+            )
+
+            def flush_lines() -> None:  # what one flush holds the loop for, per line written
+                access._pending = [entry] * 500
+                access.flush()
+
+            await best("access.flush/line", flush_lines)
+            out["access.flush/line"] /= 500
     return out
 
 

@@ -27,8 +27,11 @@ class AccessLog:
     """Buffered access-log lines for one event loop; ``fmt`` is ``text`` or ``json``."""
 
     def __init__(
-        self, fmt: str, stream: TextIO | None = None, *, interval: float = 0.1, batch: int = 512
+        self, fmt: str, stream: TextIO | None = None, *, interval: float = 0.02, batch: int = 64
     ) -> None:
+        """Lines are written every ``interval`` seconds or every ``batch`` lines: small flushes, because a flush
+        holds the event loop (~2.4 us a line: 500 lines, 1.2 ms, delayed every request behind them, a tail the
+        p99 showed)."""
         self.fmt = fmt
         self.stream = stream
         self.interval = interval

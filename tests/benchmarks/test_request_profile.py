@@ -11,7 +11,7 @@ import sys
 from benchmarks.harness import ROOT
 
 STEPS = ("wire path", "asgi path", "asgi", "fast path", "offload.infer", "data plane, sync", "decode", "session.run", "encode",
-         "metrics.observe", "access.record")  # fmt: skip
+         "metrics.observe", "access.record", "access.flush/line")  # fmt: skip
 
 
 def test_every_step_is_measured() -> None:
@@ -28,7 +28,7 @@ def test_every_step_is_measured() -> None:
     ]
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    figures = dict(re.findall(r"^\s*([a-z. ,]+): +([\d.]+) us$", result.stdout, re.MULTILINE))
+    figures = dict(re.findall(r"^\s*([a-z. ,/]+): +([\d.]+) us$", result.stdout, re.MULTILINE))
     assert set(figures) == set(STEPS), result.stdout
     us = {name: float(value) for name, value in figures.items()}
     assert all(math.isfinite(v) and v > 0 for v in us.values()), us
