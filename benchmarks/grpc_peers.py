@@ -117,7 +117,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name in args.only.split(","):
         grpc_port = free_port()
-        server = start(name, free_port(), grpc_port)
+        server = start(name, free_port(other_than=grpc_port), grpc_port)
         try:
             server.wait_ready(timeout=120)
             address = f"127.0.0.1:{grpc_port}"

@@ -29,11 +29,16 @@ MODELS = ROOT / "models"
 HOST = "127.0.0.1"
 
 
-def free_port(host: str = HOST) -> int:
-    """A TCP port nothing listens on right now (the kernel's pick)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def free_port(host: str = HOST, other_than: int | None = None) -> int:
+    """A TCP port nothing listens on right now (the kernel's pick), never ``other_than``: the kernel may hand
+    the same free port out twice in a row, and a server given it for HTTP and gRPC refuses to start."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port != other_than:
+            return port
+    raise RuntimeError(f"no free port other than {other_than}")
 
 
 class LiveServer:
@@ -57,7 +62,9 @@ class LiveServer:
         #: The gRPC port of ``python -m service``: a free one unless ``args`` choose (``--grpc-port 0``: off),
         #: never the default 8001, which servers started side by side would fight over.
         self.grpc_port = (
-            free_port() if "--grpc-port" not in args else int(args[list(args).index("--grpc-port") + 1])
+            free_port(other_than=self.port)
+            if "--grpc-port" not in args
+            else int(args[list(args).index("--grpc-port") + 1])
         )
         grpc = () if "--grpc-port" in args else ("--grpc-port", str(self.grpc_port))
         argv = command or [
