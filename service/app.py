@@ -2,8 +2,9 @@
 
 A small inference request (POST, up to ``inline_max_bytes``, uncompressed, tracing off) never reaches the ASGI
 app: the connection's protocol hands it to :class:`~service.wire.WirePath`, which the lifespan puts in the
-state uvicorn gives every connection. Through the app, outermost first, a request meets :class:`~service.middleware.RequestContext` (request id, body limit, access
-log, metrics, span, the catch-all 500), then :class:`~service.fastpath.FastPath` (the inference routes), then
+state uvicorn gives every connection. Through the app, outermost first, a request meets
+:class:`~service.middleware.RequestContext` (request id, body limit, access log, metrics, span, the catch-all
+500), then :class:`~service.fastpath.FastPath` (the inference routes), then
 FastAPI's routing over :func:`~service.routes.route_table`. Models load in the lifespan
 (:meth:`~service.state.ServiceState.start`); the gRPC server (:mod:`service.grpc_server`) starts after them
 on the same event loop and drains beside HTTP at shutdown.
@@ -42,8 +43,9 @@ def create_app(
     With ``settings.drift_enabled``, every loaded model version gets a drift monitor fed its served rows
     (``GET /v2/models/{name}/drift``, ``bnserve_drift_*`` gauges). ``observers_for(model)``, when given, is
     called once per loaded model and returns further callables fed the float32 rows of each successful
-    inference (a uniform sample of each batch above ``settings.drift_max_rows`` rows a second). Requests are traced by ``tracing`` when given, else as the OTEL_* variables say
-    (:meth:`Tracing.from_env`: off unless they ask).
+    inference (a uniform sample of each batch above ``settings.drift_max_rows`` rows a second). Requests are
+    traced by ``tracing`` when given, else as the OTEL_* variables say (:meth:`Tracing.from_env`: off unless
+    they ask).
     """
     state = ServiceState(settings=settings)
     auth = ApiKey(settings.api_key.get_secret_value() if settings.api_key is not None else None)
@@ -95,7 +97,7 @@ def create_app(
     routes = route_table(state)
     register(app, routes, auth)
     add_docs(app)
-    fast = FastPath(app.fastapi_stack, [r for r in routes if r.hot], auth)
+    fast = FastPath(app.fastapi_stack, routes, auth, state)
     app.front = RequestContext(fast, state)
     app.openapi = openapi_builder(app, state, auth.required)  # type: ignore[method-assign]
     return app

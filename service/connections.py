@@ -167,9 +167,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._rejected = False  # its headers were too large: what else it sends is ignored
         self._in_headers = False  # inside uvicorn's on_headers_complete, where a request's task would start
         self._wire: tuple[Any, Any, Any] | None = None  # (cycle, call, wire path) of a request being received
-        self._wire_waiting: asyncio.Future[None] | None = (
-            None  # its place in the server's tasks (body to come)
-        )
+        # Its place in the server's tasks while its body is to come (:meth:`_hold_wire`).
+        self._wire_waiting: asyncio.Future[None] | None = None
 
     # ---- connection ----------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

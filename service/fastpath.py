@@ -2,9 +2,9 @@
 
 FastAPI's routing, dependency and exception layers, and Starlette's request and response objects, cost as
 much per request as decoding, predicting and encoding one row (BENCHMARKS.md). :class:`FastPath` is pure ASGI
-middleware that matches the hot routes itself, reads the body straight from ``receive``, calls the route's
-core (:data:`service.routes.Core`, the very work the FastAPI endpoint does once it has the body) and sends
-the reply's two ASGI messages. Only requests whose every check the stack would make is already settled take
+middleware that matches the hot routes itself, reads the body straight from ``receive``, runs the route's
+``prepare`` and :func:`service.routes.offload` (the very work the FastAPI endpoint does once it has the body)
+and sends the reply's two ASGI messages. Only requests whose every check the stack would make is already settled take
 it: POST with a Content-Length (the body limit was decided on it, by
 :class:`service.middleware.RequestContext`) and, on a guarded route, the right key. Everything else takes the
 FastAPI route; the answers are the same bytes either way (``tests/e2e/test_fast_path.py``).
@@ -20,16 +20,19 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.auth import ApiKey
 from service.errors import ServiceError
 from service.middleware import service_error_response
-from service.routes import Route
+from service.routes import Route, offload
+from service.state import ServiceState
 
 
 class FastPath:
-    """Serves ``routes`` (POST routes of the table with a core) directly; passes every other request to ``app``."""
+    """Serves ``routes`` (the hot POST routes of the table: those with a ``prepare``) directly; passes every other
+    request to ``app``."""
 
-    def __init__(self, app: ASGIApp, routes: Sequence[Route], auth: ApiKey) -> None:
+    def __init__(self, app: ASGIApp, routes: Sequence[Route], auth: ApiKey, state: ServiceState) -> None:
         self.app = app
-        self.routes = tuple(r for r in routes if r.core is not None)
+        self.routes = tuple(r for r in routes if r.prepare is not None)
         self.auth = auth
+        self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -47,10 +50,12 @@ class FastPath:
                     continue
                 if route.guarded and not self.auth.allows(headers):
                     break  # FastAPI's route answers the 401, with the same decision
-                assert route.core is not None
+                assert route.prepare is not None
                 body = await read_body(receive)
+                info = scope["bnserve.info"]
                 try:
-                    reply = await route.core(scope["bnserve.info"], body, headers, **match.groupdict())
+                    prepared = route.prepare(info, body, headers, **match.groupdict())
+                    reply = await offload(self.state, info, body, prepared)
                 except ServiceError as exc:
                     await service_error_response(exc)(scope, receive, send)
                     return

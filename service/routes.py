@@ -2,9 +2,10 @@
 
 One endpoint per operation: routes under ``/v2/models/{name}`` exist unversioned and under
 ``/versions/{version}``, and both call the same endpoint, with ``version=None`` for the highest version. The
-table feeds FastAPI (:func:`register`: routing, OpenAPI) and the fast path (:mod:`service.fastpath`, which
-serves the ``hot`` routes itself). The key is decided by :class:`service.auth.ApiKey` on either way; the body
-limit by :class:`service.middleware.RequestContext` before either.
+table feeds FastAPI (:func:`register`: routing, OpenAPI), the fast path (:mod:`service.fastpath`) and the
+wire path (:mod:`service.wire`), which serve the hot routes, those with a ``prepare``, themselves. The key is
+decided by :class:`service.auth.ApiKey` on every way; the body limit by
+:class:`service.middleware.RequestContext` (by the wire path's Content-Length rule on its own).
 """
 
 from __future__ import annotations
@@ -32,11 +33,9 @@ from service.state import ServiceState
 
 #: An endpoint: ``(request, **path parameters) -> Response``; ``version`` is None on unversioned paths.
 Endpoint = Callable[..., Awaitable[Response]]
-#: A hot route's core: ``(info, body, raw headers, **path parameters) -> Reply``, the endpoint's whole work
-#: once the body is read; the fast path calls it without any Starlette object.
-Core = Callable[..., Awaitable[dataplane.Reply]]
-#: A hot route's first step: ``(info, body, raw headers, **path parameters) -> Prepared``: the model looked up
-#: and the decode to run, before anything is decoded; :mod:`service.wire` runs the rest without a task.
+#: A hot (inference) route's first step: ``(info, body, raw headers, **path parameters) -> Prepared``, the model
+#: looked up and the decode to run. The FastAPI endpoint and the fast path hand it to :func:`offload`;
+#: :mod:`service.wire` runs the rest without a task.
 Prepare = Callable[..., dataplane.Prepared]
 #: The request headers as the server gives them: lower-case names, bytes.
 RawHeaders = list[tuple[bytes, bytes]]
@@ -65,9 +64,7 @@ class Route:
     doc: dict[str, Any]  # further FastAPI route arguments: tags, responses, response_model, ...
     name: str = ""  # in the OpenAPI operation id; the endpoint's name by default
     guarded: bool = False  # needs the key, when one is set
-    hot: bool = False  # served by the fast path
-    core: Core | None = None  # a hot route's work past reading the body (see :data:`Core`)
-    prepare: Prepare | None = None  # its first, synchronous step (see :data:`Prepare`)
+    prepare: Prepare | None = None  # a hot route's first step (see :data:`Prepare`): served by the fast path
     #: The path as Starlette compiles it (``{param}`` is ``[^/]+``), for the fast path.
     pattern: re.Pattern[str] = field(init=False, repr=False)
 
@@ -88,7 +85,6 @@ def versioned(
     *,
     description: str | None = None,
     version_name: str | None = None,
-    core: Core | None = None,
     prepare: Prepare | None = None,
     **flags: bool,
 ) -> tuple[Route, Route]:
@@ -101,14 +97,22 @@ def versioned(
     name = endpoint.__name__
     return (
         Route(
-            method, prefix + suffix, endpoint, summaries[0], plain_doc, name=name, core=core, prepare=prepare,
-            **flags,
+            method, prefix + suffix, endpoint, summaries[0], plain_doc, name=name, prepare=prepare, **flags,
         ),
         Route(
             method, f"{prefix}/versions/{{version}}{suffix}", endpoint, summaries[1], doc,
-            name=version_name or f"{name}_version", core=core, prepare=prepare, **flags,
+            name=version_name or f"{name}_version", prepare=prepare, **flags,
         ),
     )  # fmt: skip
+
+
+async def offload(
+    state: ServiceState, info: RequestInfo, body: bytes, prepared: dataplane.Prepared
+) -> dataplane.Reply:
+    """A prepared inference request decoded, run and encoded where :class:`dataplane.Offload` decides (the
+    FastAPI endpoint's and the fast path's way; :mod:`service.wire` has its own, without a task)."""
+    assert state.offload is not None, "the models load before any inference"
+    return await state.offload.infer(len(body), prepared.compressed, prepared.decode, info, *prepared.args)
 
 
 def json_response(content: Any) -> Response:
@@ -151,38 +155,26 @@ class Endpoints:
         return json_response(v2.model_metadata(model, versions))
 
     async def v2_infer(self, request: Request, name: str, version: str | None = None) -> Response:
-        reply = await self.v2_infer_core(request_info(request), await request.body(), request.scope["headers"], name, version)  # fmt: skip
-        return Response(reply.body, headers=reply.headers)
+        return await self._infer(request, self.v2_infer_prepare, name, version)
 
-    async def v2_infer_core(
-        self, info: RequestInfo, body: bytes, headers: RawHeaders, name: str, version: str | None = None
-    ) -> dataplane.Reply:
-        """V2 ``infer`` once the body is read: what the FastAPI route and the fast path both answer."""
-        return await self._offload(info, body, self.v2_infer_prepare(info, body, headers, name, version))
+    async def _infer(self, request: Request, prepare: Prepare, name: str, version: str | None) -> Response:
+        info, body = request_info(request), await request.body()
+        reply = await offload(
+            self.state, info, body, prepare(info, body, request.scope["headers"], name, version)
+        )
+        return Response(reply.body, headers=reply.headers)
 
     def v2_infer_prepare(
         self, info: RequestInfo, body: bytes, headers: RawHeaders, name: str, version: str | None = None
     ) -> dataplane.Prepared:
-        """V2 ``infer``'s model and decode (every way in: the two above and :mod:`service.wire`)."""
+        """V2 ``infer``'s model and decode (every way in: FastAPI, the fast path, :mod:`service.wire`)."""
         model = self._model(info, name, version)
         encoding, header_length = find_headers(headers, b"content-encoding", _HEADER_LENGTH)
         args = (model, body, encoding, header_length, self.state.limits, info)
         return dataplane.Prepared(dataplane.decode_v2, args, encoding is not None)
 
-    async def _offload(self, info: RequestInfo, body: bytes, prepared: dataplane.Prepared) -> dataplane.Reply:
-        offload = self.state.offload
-        assert offload is not None, "the models load before any inference"
-        return await offload.infer(len(body), prepared.compressed, prepared.decode, info, *prepared.args)
-
     async def v1_predict(self, request: Request, name: str, version: str | None = None) -> Response:
-        reply = await self.v1_predict_core(request_info(request), await request.body(), request.scope["headers"], name, version)  # fmt: skip
-        return Response(reply.body, headers=reply.headers)
-
-    async def v1_predict_core(
-        self, info: RequestInfo, body: bytes, headers: RawHeaders, name: str, version: str | None = None
-    ) -> dataplane.Reply:
-        """V1 ``:predict`` once the body is read: what the FastAPI route and the fast path both answer."""
-        return await self._offload(info, body, self.v1_predict_prepare(info, body, headers, name, version))
+        return await self._infer(request, self.v1_predict_prepare, name, version)
 
     def v1_predict_prepare(
         self, info: RequestInfo, body: bytes, headers: RawHeaders, name: str, version: str | None = None
@@ -355,11 +347,11 @@ def route_table(state: ServiceState) -> list[Route]:
         ),
         *versioned(
             "POST", models, "/infer", e.v2_infer, ("Inference", "Inference on a version"), infer_doc,
-            guarded=True, hot=True, core=e.v2_infer_core, prepare=e.v2_infer_prepare,
+            guarded=True, prepare=e.v2_infer_prepare,
         ),
         *versioned(
             "POST", v1_models, ":predict", e.v1_predict, ("Predict (V1)", "Predict on a version (V1)"),
-            predict_doc, guarded=True, hot=True, core=e.v1_predict_core, prepare=e.v1_predict_prepare,
+            predict_doc, guarded=True, prepare=e.v1_predict_prepare,
         ),
         Route(
             "GET", v1_models, e.v1_status, "Model status (V1)", _json("v1", schemas.V1ModelStatus, 401, 404, 503),

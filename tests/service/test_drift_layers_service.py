@@ -165,7 +165,7 @@ def test_the_layers_budget_is_applied_where_the_model_runs(digits: Digits) -> No
 def test_the_inputs_budget_samples_the_served_rows(digits: Digits) -> None:
     """Over BNSERVE_DRIFT_MAX_ROWS the inputs' statistics take a sample of the rows served; at 0, every row."""
     rows = digits.held_out[:64]
-    for budget, _ in ((8.0, "sampled"), (0.0, "every row")):
+    for budget in (8.0, 0.0):  # sampled, then every row
         with TestClient(create_app(settings_for(digits.root, access_log=False, drift_max_rows=budget))) as c:
             started = time.monotonic()
             send(c, rows)  # BATCH rows per request
