@@ -78,7 +78,7 @@ class CellMonitor:
         f, k = self._f, self._k
         cells = np.concatenate([counts.missing, counts.unknown]).astype(np.float64)  # (F + K,)
         # Each row of the batch weighs as the per-row recurrence would give it: sum of lam**(n-1-i).
-        weight = float(self._decay.weights(counts.rows).sum()) / max(counts.rows, 1)
+        weight = self._decay.sums(counts.rows)[0] / max(counts.rows, 1)
         decay = self._decay.lam**counts.rows
         with self._lock:
             state = self._state

@@ -63,7 +63,8 @@ def loads_tensors(body: bytes | memoryview) -> Any:
 
 
 def _loads_tensors(body: bytes | memoryview) -> Any:
-    doc = simdjson.Parser().parse(bytes(body))
+    raw = body if isinstance(body, bytes) else bytes(body)
+    doc = simdjson.Parser().parse(raw)
     if not isinstance(doc, simdjson.Object):
         return None
     request: dict[str, Any] = {}
@@ -99,7 +100,6 @@ def _loads_tensors(body: bytes | memoryview) -> Any:
         else:
             request[key] = _plain(value)
             arrays += _count_lists(request[key])
-    raw = body if isinstance(body, bytes) else bytes(body)
     return request if raw.count(b"[") == arrays else None  # e.g. a "[" in a string: the exact path
 
 

@@ -49,7 +49,7 @@ class Tabular:
     nan_columns: np.ndarray = field(init=False)
     #: Per categorical column (bool ``(n_categorical,)``): imputed, so ``""`` is a missing cell.
     empty_columns: np.ndarray = field(init=False)
-    #: Per categorical column, the strings the graph knows (its categories, and ``""`` when imputed).
+    #: Per categorical column, the categories the graph knows (``""``, a missing cell, is counted apart).
     known: list[frozenset[str]] = field(init=False)
     #: Per numeric column, the value a missing cell gets (NaN where none: such a cell never gets this far).
     fill: np.ndarray = field(init=False)
@@ -62,9 +62,7 @@ class Tabular:
         self.categorical = [s for s in self.specs if not s.is_numeric]
         self.nan_columns = np.array([s.impute is not None for s in self.numeric], dtype=bool)
         self.empty_columns = np.array([s.impute is not None for s in self.categorical], dtype=bool)
-        self.known = [
-            frozenset([*s.categories, *([""] if s.impute is not None else [])]) for s in self.categorical
-        ]
+        self.known = [frozenset(s.categories) for s in self.categorical]
         self.numeric_index = [j for j, s in enumerate(self.specs) if s.is_numeric]
         self.categorical_index = [j for j, s in enumerate(self.specs) if not s.is_numeric]
         self.fill = np.array(
