@@ -160,9 +160,11 @@ class Batcher:
         out: list[Results | BaseException] = []
         served: list[slice] = []
         start = 0
+        # One check over the whole batch; each job's own only when some row of it failed.
+        suspect = model.first_nonfinite(results, 0, len(x)) is not None
         for job in batch:
             stop = start + len(job.x)
-            error: BadRequest | None = model.first_nonfinite(results, start, stop)
+            error: BadRequest | None = model.first_nonfinite(results, start, stop) if suspect else None
             if error is None:
                 out.append({name: results[name][start:stop] for name in (*model.output_names, *job.hidden)})
                 served.append(slice(start, stop))

@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 #: Connections closed by this process, by reason (header_too_large, header_timeout, body_timeout, evicted,
@@ -107,6 +107,34 @@ def _response(status: int, reason: str, message: str) -> bytes:
     ).encode() + body
 
 
+class _NoEvent:
+    """uvicorn's protocol sets its request's ``message_event`` when data or a disconnect arrives; nothing waits
+    on a wire request's."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+_NO_EVENT = _NoEvent()
+
+
+class WireCycle:
+    """A request the wire path (:mod:`service.wire`) serves, in the place of uvicorn's cycle (``self.cycle``):
+    the attributes the protocol reads and writes, without a scope, an event or a task."""
+
+    __slots__ = ("body", "disconnected", "keep_alive", "more_body", "response_complete", "response_started")
+
+    message_event = _NO_EVENT
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.body = b""
+        self.more_body = True
+        self.keep_alive = keep_alive
+        self.disconnected = self.response_started = self.response_complete = False
+
+
 class CoalescingTransport:
     """A connection's transport that holds a response's head back until its body is written (one ``send`` for
     both), or until the end of the loop iteration if the body takes longer; everything else is the transport's.
@@ -165,7 +193,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._last_activity = self.loop.time()
         self._refused = False  # turned away by the connection cap
         self._rejected = False  # its headers were too large: what else it sends is ignored
-        self._in_headers = False  # inside uvicorn's on_headers_complete, where a request's task would start
         self._wire: tuple[Any, Any, Any] | None = None  # (cycle, call, wire path) of a request being received
         # Its place in the server's tasks while its body is to come (:meth:`_hold_wire`).
         self._wire_waiting: asyncio.Future[None] | None = None
@@ -245,6 +272,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         )
 
     # ---- parser callbacks ------------------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        # The scope is made once the headers show that the ASGI app serves the request (_asgi_scope).
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
         self._header_bytes = 0
@@ -254,38 +287,103 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._rejected = True
             self._close("header_too_large", self._header_error())
             return
-        self._in_headers = True
-        try:
-            super().on_headers_complete()
-        finally:
-            self._in_headers = False
+        if self._take_wire():
+            return
+        self._asgi_scope()
+        super().on_headers_complete()
 
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        """Start the request's ASGI task, unless the wire path takes it (then it is answered once its body is
-        complete, without a task: :mod:`service.wire`)."""
-        if self._in_headers and app is self.app and not self.flow.write_paused:
-            wire = self.app_state.get(WIRE_STATE_KEY)
-            if wire is not None:
-                call = wire.accept(cycle.scope)
-                if call is not None:
-                    self._wire = (cycle, call, wire)
-                    return
-        super()._start_asgi_task(cycle, app)
+    def _take_wire(self) -> bool:
+        """Whether the wire path (:mod:`service.wire`) serves this request, once its body is complete. Never
+        with an earlier response pending, writes paused, a root path or uvicorn's concurrency limit set."""
+        wire = self.app_state.get(WIRE_STATE_KEY)
+        if (
+            wire is None
+            or (self.cycle is not None and not self.cycle.response_complete)
+            or self.flow.write_paused
+            or self.root_path
+            or self.limit_concurrency is not None
+        ):
+            return False
+        parser = self.parser
+        if parser.should_upgrade():
+            return False
+        call = wire.accept(parser.get_method(), self.url, self.headers)
+        if call is None:
+            return False
+        cycle = WireCycle(parser.get_http_version() != "1.0" and parser.should_keep_alive())
+        self.cycle = cycle  # type: ignore[assignment]
+        self._wire = (cycle, call, wire)
+        return True
+
+    def _asgi_scope(self) -> None:
+        """The request's ASGI scope, made as uvicorn makes it when a message begins, with this one's headers."""
+        url, headers, expect = self.url, self.headers, self.expect_100_continue
+        super().on_message_begin()
+        self.url, self.headers, self.expect_100_continue = url, headers, expect
+        self.scope["headers"] = headers
 
     def on_body(self, body: bytes) -> None:
-        if not self._rejected:
-            super().on_body(body)
+        if self._rejected:
+            return
+        wire = self._wire
+        if wire is not None and wire[0] is self.cycle:
+            wire[0].body += body  # at most MAX_BODY bytes: no flow control
+            return
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         if self._rejected:
             return
-        super().on_message_complete()
         self._awaiting_headers = True
-        if self._wire is not None and self._wire[0] is self.cycle:
-            cycle, call, wire = self._wire
+        wire = self._wire
+        if wire is not None and wire[0] is self.cycle:
+            cycle, call, path = wire
+            cycle.more_body = False
             self._wire = None
             self._release_wire()
-            wire.handle(self, cycle, call)
+            path.handle(self, cycle, call)
+            return
+        super().on_message_complete()
+
+    # ---- between requests ------------------------------------------------------------------------------------
+    def on_response_complete(self) -> None:
+        """A response is written: the next pipelined request starts, or the connection waits for one. The
+        keep-alive timer is armed once per idle stretch, not per response (:meth:`_keep_alive_check`)."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._last_activity = self.loop.time()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self._keep_alive_check
+            )
+
+    def _unset_keepalive_if_required(self) -> None:
+        """uvicorn cancels its keep-alive timer on every read and every response; this one stays armed and
+        checks when it fires: a call_later and a cancel less per request."""
+
+    def _keep_alive_check(self) -> None:
+        """Close the connection if it has been idle (no request begun, none being answered) for the keep-alive
+        timeout; if not, look again when it would have been."""
+        self.timeout_keep_alive_task = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if (
+            not self._awaiting_headers
+            or self._header_bytes
+            or (cycle is not None and not cycle.response_complete)
+        ):
+            return  # a request is in progress: its response arms the timer again
+        left = self._last_activity + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_check)
+        else:
+            self.transport.close()
 
     def _hold_wire(self) -> None:
         """A wire-path request whose body is still to come: in the server's tasks, as its ASGI task would be, so

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from service.auth import ApiKey
+from service.connections import WireCycle
 from service.dataplane import Decoded, RequestInfo, request_id
 from service.errors import ServiceError
 from service.logs import escape
@@ -50,6 +51,9 @@ class Connection(Protocol):
 
     transport: Any
     client: tuple[str, int] | None
+    server_state: Any  # uvicorn's: its default_headers (the Date) are renewed every second
+
+    def on_response_complete(self) -> None: ...
 
 
 @dataclass
@@ -73,19 +77,24 @@ class WirePath:
         self.auth = auth
         settings = state.settings
         self.max_body = min(settings.inline_max_bytes, settings.max_body_bytes, MAX_BODY)
+        self._defaults: list[tuple[bytes, bytes]] | None = None  # the server's default headers, last seen
+        self._default_lines = b""  # ... as header lines
 
-    def accept(self, scope: dict[str, Any]) -> Call | None:
-        """The call for a request whose headers were just parsed, or None when the ASGI app must serve it."""
-        if scope["method"] != "POST" or self.state.tracing is not None or not self.max_body:
+    def accept(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]) -> Call | None:
+        """The call for a request whose headers were just parsed (``url`` as it came, ``headers`` with
+        lower-case names), or None when the ASGI app must serve it. A URL with a query, an escape or a scheme
+        goes to the app, which parses it fully."""
+        if method != b"POST" or self.state.tracing is not None or not self.max_body:
             return None
-        path = scope["path"]
+        if url[:1] != b"/" or b"?" in url or b"%" in url or not url.isascii():
+            return None
+        path = url.decode("ascii")
         for route in self.routes:
             match = route.pattern.fullmatch(path)
             if match is not None:
                 break
         else:
             return None
-        headers = scope["headers"]
         length = rid = None
         for name, value in headers:  # a plain loop: this runs on every inference request
             if name == b"content-length":
@@ -103,7 +112,7 @@ class WirePath:
             time.perf_counter(),
         )  # fmt: skip
 
-    def handle(self, conn: Connection, cycle: RequestResponseCycle, call: Call) -> None:
+    def handle(self, conn: Connection, cycle: WireCycle, call: Call) -> None:
         """The request's body is complete: decode it and queue its rows (answered from :meth:`_done`), or answer
         its error now."""
         info = RequestInfo(request_id(call.request_id))
@@ -133,7 +142,7 @@ class WirePath:
     def _done(
         self,
         conn: Connection,
-        cycle: RequestResponseCycle,
+        cycle: WireCycle,
         call: Call,
         info: RequestInfo,
         decoded: Decoded[Any],
@@ -150,7 +159,7 @@ class WirePath:
         self._send(conn, cycle, call, info, 200, reply.raw_headers(), reply.body)
 
     def _fail(
-        self, conn: Connection, cycle: RequestResponseCycle, call: Call, info: RequestInfo, exc: BaseException
+        self, conn: Connection, cycle: WireCycle, call: Call, info: RequestInfo, exc: BaseException
     ) -> None:
         """The JSON answer to a typed error, as the fast path's; anything else is logged and answered 500, as
         ``RequestContext`` does."""
@@ -169,7 +178,7 @@ class WirePath:
     def _send(
         self,
         conn: Connection,
-        cycle: RequestResponseCycle,
+        cycle: WireCycle,
         call: Call,
         info: RequestInfo,
         status: int,
@@ -181,13 +190,14 @@ class WirePath:
         cycle as uvicorn does: counted, the next pipelined request started or the keep-alive timer armed."""
         transport = conn.transport
         if not cycle.disconnected and not transport.is_closing():
-            content = [STATUS_LINE[status]]
-            for name, value in (
-                *cycle.default_headers,
-                *headers,
-                (b"x-request-id", info.request_id.encode()),
-            ):
+            defaults = conn.server_state.default_headers
+            if defaults is not self._defaults:  # a new second: uvicorn made a new list
+                self._defaults = defaults
+                self._default_lines = b"".join([name + b": " + value + b"\r\n" for name, value in defaults])
+            content = [STATUS_LINE[status], self._default_lines]
+            for name, value in headers:
                 content += (name, b": ", value, b"\r\n")
+            content += (b"x-request-id: ", info.request_id.encode(), b"\r\n")
             if not cycle.keep_alive:
                 content.append(b"connection: close\r\n")
             content += (b"\r\n", body)
@@ -196,9 +206,9 @@ class WirePath:
         if not cycle.keep_alive:
             transport.close()
         self._account(conn, call, info, status)
-        cycle.on_response()
+        conn.on_response_complete()
 
-    def cancelled(self, conn: Connection, cycle: RequestResponseCycle, call: Call) -> None:
+    def cancelled(self, conn: Connection, cycle: WireCycle, call: Call) -> None:
         """The server stops and its graceful timeout ended before the body did: a JSON 503 and the connection
         closed, as ``RequestContext`` answers a cancelled request."""
         info = RequestInfo(request_id(call.request_id))

@@ -7,6 +7,7 @@ bounded in count and time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import resource
 import socket
@@ -56,6 +57,12 @@ class App:
 
 @pytest.fixture
 def server() -> Iterator[tuple[int, App, uvicorn.Server]]:
+    with serving(keep_alive=30) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serving(keep_alive: float) -> Iterator[tuple[int, App, uvicorn.Server]]:
     app = App()
     config = uvicorn.Config(
         app,
@@ -65,7 +72,7 @@ def server() -> Iterator[tuple[int, App, uvicorn.Server]]:
         loop="asyncio",
         lifespan="off",
         log_level="warning",
-        timeout_keep_alive=30,
+        timeout_keep_alive=keep_alive,  # type: ignore[arg-type]
     )
     srv = uvicorn.Server(config)
     sock = socket.socket()
@@ -188,6 +195,28 @@ def test_keep_alive_requests_each_get_a_fresh_header_timer(server: tuple[int, Ap
                 assert chunk, "the connection was closed"
                 answer += chunk
             assert answer.startswith(b"HTTP/1.1 200")
+
+
+def _answer(s: socket.socket) -> bytes:
+    answer = b""
+    while not answer.endswith(b"ok"):  # the head and the body may come in two reads
+        chunk = s.recv(4096)
+        assert chunk, "the connection was closed"
+        answer += chunk
+    return answer
+
+
+def test_the_keep_alive_timeout_counts_from_the_last_response_however_many_came_before() -> None:
+    with serving(keep_alive=0.6) as (port, _, _), connect(port) as s:
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:  # busy for longer than the timeout, never idle for as long
+            time.sleep(0.15)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert _answer(s).startswith(b"HTTP/1.1 200")
+        last = time.monotonic()
+        assert read_all(s, timeout=5) == b""  # then idle: closed by the server
+        idle = time.monotonic() - last
+    assert 0.5 < idle < 3, idle
 
 
 def test_slow_clients_are_evicted_for_new_ones(server: tuple[int, App, uvicorn.Server]) -> None:
