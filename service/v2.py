@@ -131,6 +131,10 @@ def parse_infer_request(
         request = loads(head)
         binary = view[json_size:]
     else:
+        if len(body) <= QUICK_MAX_BYTES and model.tabular is None and model.categorical_spec is None:
+            quick = _quick_request(body, model, max_rows)
+            if quick is not None:
+                return quick
         head = memoryview(body)
         # The data arrays straight to float64, when nothing is unusual (strings are: a categorical input's).
         request = loads_tensors(body) if model.categorical_spec is None else None
@@ -162,6 +166,59 @@ def parse_infer_request(
         x = _decode_input(inputs[0], model, max_rows, binary, header_length is not None, has_literals(head))
     outputs = requested_outputs(request.get("outputs"), model, binary_default)
     return InferRequest(x=x, outputs=outputs, id=request_id, categorical=categorical)
+
+
+#: Bodies up to this size try :func:`_quick_request` first; beyond it the simdjson path is cheaper.
+QUICK_MAX_BYTES = 1024
+_QUICK_TYPES = ("FP32", "FP64")
+
+
+def _quick_request(body: bytes, model: ModelRuntime, max_rows: int) -> InferRequest | None:
+    """The usual small request, decoded in a few steps: ``{"inputs": [{"name": "input", "shape": [n, F],
+    "datatype": "FP32" or "FP64", "data": [...]}]}`` and an optional string ``id``, its numbers flat or in
+    rows, finite and within the model's input range. None for anything else, including every error: then
+    the general path decides, and says what is wrong (``tests/service/test_v2.py`` holds the two to the
+    same answers).
+
+    At batch 1 (64 features) it takes half the time of the general path, whose checks each cost a call; from
+    about 1.4 KB of body on, the general path's simdjson decode is cheaper.
+    """
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if type(request) is not dict:
+        return None
+    rid = request.get("id")
+    inputs = request.get("inputs")
+    if len(request) != (1 if rid is None else 2) or type(inputs) is not list or len(inputs) != 1:
+        return None
+    if rid is not None and type(rid) is not str:
+        return None
+    tensor = inputs[0]
+    if type(tensor) is not dict or len(tensor) != 4 or tensor.get("name") != contract.INPUT_NAME:
+        return None
+    shape, data = tensor.get("shape"), tensor.get("data")
+    if tensor.get("datatype") not in _QUICK_TYPES or type(shape) is not list or type(data) is not list:
+        return None
+    if len(shape) != 2 or type(shape[0]) is not int or type(shape[1]) is not int:
+        return None
+    n_rows, n_cols = shape
+    if n_cols != model.n_features or not 0 < n_rows <= max_rows or b"true" in body or b"false" in body:
+        return None
+    try:
+        values = np.array(data)  # its dtype says what the numbers are: no string is converted
+    except ValueError:  # ragged rows
+        return None
+    if values.dtype.kind not in "fi" or (
+        values.shape != (n_rows * n_cols,) and values.shape != (n_rows, n_cols)
+    ):
+        return None  # strings, nulls (object), lists where numbers belong
+    values = values.astype(np.float64, copy=False)  # no overflow in abs below
+    if not float(np.abs(values).max()) <= model.input_limit:  # also NaN (a null) and infinities
+        return None
+    outputs = tuple((name, False) for name in model.output_names)
+    return InferRequest(x=values.reshape(n_rows, n_cols).astype(np.float32), outputs=outputs, id=rid)
 
 
 def tabular_inputs(names: list[Any], tab: Tabular, model_name: str) -> None:

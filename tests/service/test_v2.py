@@ -277,3 +277,80 @@ def test_content_codings(
     assert r.status_code == status, r.text
     if message is not None:
         assert message in r.json()["error"]
+
+
+def _outcome(body: bytes, model: Any) -> tuple[Any, ...]:
+    from service import v2
+    from service.errors import ServiceError
+
+    try:
+        got = v2.parse_infer_request(body, None, model, 8)
+    except ServiceError as exc:
+        return ("error", exc.status_code, exc.message)
+    return ("ok", got.x.dtype, got.x.shape, got.x.tobytes(), got.outputs, got.id, got.categorical)
+
+
+def test_the_quick_decode_answers_as_the_general_one(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small bodies try ``v2._quick_request`` first: on every body, valid or not, the outcome (rows to the bit,
+    outputs, id, or the error message) is that of the general path alone."""
+    from service import v2
+    from service.runtime import load_model
+
+    model = load_model("iris", 1, repo.root / "iris" / "1" / "model.onnx")
+    rng = np.random.default_rng(11)
+    rows = rng.normal(size=(3, 4)) * 3
+    good = infer_json(rows, "FP32", nested=False, id="r-1")
+    variants: list[Any] = [
+        good,
+        infer_json(rows),
+        infer_json(rows[:1], "FP64", nested=False),
+        infer_json(rows.astype(np.int64), "FP32"),
+        infer_json(rows, "INT32"),
+        infer_json(rows, "FP16"),
+        infer_json(rows * 1e30),  # beyond the model's input range
+        infer_json(rng.normal(size=(9, 4))),  # more rows than allowed (8)
+        infer_json(rng.normal(size=(1, 5))),
+        {**good, "id": 7},
+        {**good, "parameters": {"binary_data_output": True}},
+        {**good, "outputs": [{"name": "label"}]},
+        {**good, "extra": 1},
+        {"inputs": [{**good["inputs"][0], "name": "x"}]},
+        {"inputs": [{**good["inputs"][0], "shape": [3.0, 4]}]},
+        {"inputs": [{**good["inputs"][0], "shape": [4, 3]}]},
+        {"inputs": [{**good["inputs"][0], "shape": [0, 4]}]},
+        {"inputs": [{**good["inputs"][0], "shape": [3, 4, 1]}]},
+        {"inputs": [{**good["inputs"][0], "shape": "3x4"}]},
+        {"inputs": [{**good["inputs"][0], "data": good["inputs"][0]["data"][:-1]}]},
+        {"inputs": [{**good["inputs"][0], "parameters": {}}]},
+        {"inputs": [good["inputs"][0], good["inputs"][0]]},
+        {"inputs": []},
+        {"inputs": {"name": "input"}},
+        [good],
+        "text",
+    ]
+    bodies = [json.dumps(v).encode() for v in variants]
+    data = json.dumps(good["inputs"][0]["data"])
+    for bad in ("true", "null", '"1"', "[1]", "1e999", "-1e999", "18446744073709551616", "{}"):
+        bodies.append(json.dumps(good).replace(data, data.replace(data.split(", ")[1], bad, 1)).encode())
+    bodies += [b'{"inputs": [', b"", b'{"id": "true", ' + json.dumps(good).encode()[1:]]
+    nested = json.dumps(infer_json(rows))
+    bodies.append(nested.replace("], [", "], [0.5, ", 1).encode())  # a ragged row
+    assert all(len(b) <= v2.QUICK_MAX_BYTES for b in bodies)
+
+    taken = []
+    original = v2._quick_request
+    monkeypatch.setattr(v2, "_quick_request", lambda *a: taken.append(original(*a)) or taken[-1])
+    both = [_outcome(body, model) for body in bodies]
+    quick = sum(t is not None for t in taken)
+    assert len(taken) == len(bodies)
+    monkeypatch.setattr(v2, "QUICK_MAX_BYTES", 0)
+    general = [_outcome(body, model) for body in bodies]
+    for body, a, b in zip(bodies, both, general, strict=True):
+        assert a == b, body
+    assert all(t is not None for t in taken[:4])  # flat, in rows, FP64, integers: the quick path served them
+    assert quick <= sum(outcome[0] == "ok" for outcome in general)
+    assert sum(outcome[0] == "error" for outcome in general) >= 25  # the variants do reach the errors
+    assert both[0][0] == "ok" and both[0][5] == "r-1"
+    np.testing.assert_array_equal(
+        np.frombuffer(both[0][3], np.float32).reshape(3, 4), rows.astype(np.float32)
+    )
