@@ -100,6 +100,7 @@ class ModelRuntime:
         self._run_names = list(self.output_names)
         self._float_outputs = tuple(i for i, s in enumerate(self.output_specs) if s.datatype.startswith("FP"))
         self.tabular = Tabular.of(self.contract)
+        self.n_features = self.contract.n_features  # read on every request: not recomputed
 
     @property
     def input_specs(self) -> tuple[TensorSpec, ...]:
@@ -107,10 +108,6 @@ class ModelRuntime:
         if self.categorical_spec is None:
             return (self.input_spec,)
         return (self.input_spec, self.categorical_spec)
-
-    @property
-    def n_features(self) -> int:
-        return self.contract.n_features
 
     @property
     def is_classification(self) -> bool:

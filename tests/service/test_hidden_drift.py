@@ -182,7 +182,7 @@ def test_hidden_layers_see_the_budgeted_rows_and_the_inputs_every_row(exported) 
     assert report["rows_seen"] == 120  # the inputs: every row
     assert [layer["rows_seen"] for layer in report["layers"]] == [50, 50]
     # Every layer got the same 50 rows: a monitor fed those rows by hand agrees exactly.
-    rows = np.random.default_rng(0).choice(120, size=50, replace=False)  # the budget's own draw (seed 0)
+    rows = np.random.default_rng(0).permutation(120)[:50]  # the budget's own draw (seed 0)
     by_hand = ModelDriftMonitor(runtime.contract, DriftConfig(), layers=True)
     for layer, z in zip(by_hand.layers, layers, strict=True):
         layer.monitor.update(z[np.sort(rows)])
