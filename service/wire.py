@@ -46,6 +46,11 @@ log = logging.getLogger("bnserve")
 MAX_BODY = 65536
 
 
+#: Paths remembered by :meth:`WirePath.accept` before it starts over (any path of a hot route's shape, real
+#: model or not, can be sent).
+_MAX_PATHS = 1024
+
+
 class Connection(Protocol):
     """What the wire path needs of a connection's protocol."""
 
@@ -79,6 +84,8 @@ class WirePath:
         self.max_body = min(settings.inline_max_bytes, settings.max_body_bytes, MAX_BODY)
         self._defaults: list[tuple[bytes, bytes]] | None = None  # the server's default headers, last seen
         self._default_lines = b""  # ... as header lines
+        # The hot routes' paths seen (a few: one per model and version), with their route and parameters.
+        self._paths: dict[bytes, tuple[str, Route, dict[str, str | None]]] = {}
 
     def accept(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]) -> Call | None:
         """The call for a request whose headers were just parsed (``url`` as it came, ``headers`` with
@@ -88,13 +95,12 @@ class WirePath:
             return None
         if url[:1] != b"/" or b"?" in url or b"%" in url or not url.isascii():
             return None
-        path = url.decode("ascii")
-        for route in self.routes:
-            match = route.pattern.fullmatch(path)
-            if match is not None:
-                break
-        else:
-            return None
+        found = self._paths.get(url)
+        if found is None:
+            found = self._route(url.decode("ascii"))
+            if found is None:
+                return None
+        path, route, params = found
         length = rid = None
         for name, value in headers:  # a plain loop: this runs on every inference request
             if name == b"content-length":
@@ -108,9 +114,21 @@ class WirePath:
         if route.guarded and not self.auth.allows(headers):
             return None  # FastAPI's route answers the 401
         return Call(
-            route, match.groupdict(), path, headers, None if rid is None else rid.decode("latin-1"),
+            route, params, path, headers, None if rid is None else rid.decode("latin-1"),
             time.perf_counter(),
         )  # fmt: skip
+
+    def _route(self, path: str) -> tuple[str, Route, dict[str, str | None]] | None:
+        """The hot route ``path`` is for and its parameters (kept for the next request to the same path), or
+        None."""
+        for route in self.routes:
+            match = route.pattern.fullmatch(path)
+            if match is not None:
+                if len(self._paths) >= _MAX_PATHS:
+                    self._paths.clear()
+                found = self._paths[path.encode("ascii")] = (path, route, match.groupdict())
+                return found
+        return None
 
     def handle(self, conn: Connection, cycle: WireCycle, call: Call) -> None:
         """The request's body is complete: decode it and queue its rows (answered from :meth:`_done`), or answer

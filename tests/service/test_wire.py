@@ -280,3 +280,16 @@ def test_a_body_still_coming_is_a_server_task_and_gets_503_when_shutdown_cancels
     head, _, body = written.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nconnection: close" in head
     assert json.loads(body) == {"error": "the server is shutting down"}
+
+
+def test_the_remembered_paths_stay_bounded_and_right(harness: Harness) -> None:
+    wire = harness.state[WIRE_STATE_KEY]
+    headers = [(b"content-length", b"2"), (b"authorization", f"Bearer {KEY}".encode())]
+    for i in range(1500):  # any name of a hot route's shape is remembered, real model or not
+        name = f"m{i % 1200}"
+        call = wire.accept(b"POST", f"/v2/models/{name}/versions/{i % 3}/infer".encode(), headers)
+        assert call is not None and call.path == f"/v2/models/{name}/versions/{i % 3}/infer"
+        assert call.params == {"name": name, "version": str(i % 3)}, call.params
+        assert len(wire._paths) <= 1024
+    assert wire.accept(b"POST", b"/v2/models/m1/infer?x=1", headers) is None  # a query: the ASGI app's
+    assert wire.accept(b"GET", b"/v2/models/m1/infer", headers) is None
