@@ -41,6 +41,7 @@ class AccessLog:
         self._second = -1
         self._stamp = ""  # the current second, as text and JSON format it
         self._utc = ""
+        self._escaped: dict[str, str] = {}
 
     def record(
         self,
@@ -102,13 +103,22 @@ class AccessLog:
     def _text(self, entry: tuple[Any, ...]) -> str:
         t, method, path, status, seconds = entry[:5]
         return (
-            f"{self._asctime(t)} INFO {NAME}: {escape(method)} {escape(path[:200])} {status} "
+            f"{self._asctime(t)} INFO {NAME}: {self._safe(method)} {self._safe(path)} {status} "
             f"{seconds * 1e3:.2f}ms\n"
         )
 
+    def _safe(self, text: str) -> str:
+        """``text`` cut to 200 characters and escaped, remembered: a service sees a few methods and paths."""
+        safe = self._escaped.get(text)
+        if safe is None:
+            if len(self._escaped) >= 4096:  # paths can be anything a client sends
+                self._escaped.clear()
+            safe = self._escaped[text] = escape(text[:200])
+        return safe
+
     def _json(self, entry: tuple[Any, ...]) -> str:
         t, method, path, status, seconds, request_id, protocol, model, version, rows, client = entry
-        method, path = escape(method), escape(path[:200])
+        method, path = self._safe(method), self._safe(path)
         fields = {
             "ts": f"{self._utc}.{int((t - self._tick(t)) * 1000):03d}Z",
             "level": "info",

@@ -101,6 +101,9 @@ class ModelRuntime:
         self._float_outputs = tuple(i for i, s in enumerate(self.output_specs) if s.datatype.startswith("FP"))
         self.tabular = Tabular.of(self.contract)
         self.n_features = self.contract.n_features  # read on every request: not recomputed
+        # Every output's datatype by name, the hidden layers' (FP32) too: for the V2 responses.
+        self.output_datatypes = {spec.name: spec.datatype for spec in self.output_specs}
+        self.output_datatypes.update(dict.fromkeys(self.hidden_output_names, "FP32"))
 
     @property
     def input_specs(self) -> tuple[TensorSpec, ...]:

@@ -450,8 +450,7 @@ def encode_infer_response(
     model: ModelRuntime, request: InferRequest, results: dict[str, np.ndarray]
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers (binary outputs appended after the JSON header)."""
-    datatypes = {spec.name: spec.datatype for spec in model.output_specs}
-    datatypes.update(dict.fromkeys(model.hidden_output_names, "FP32"))
+    datatypes = model.output_datatypes
     entries: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, as_binary in request.outputs:
