@@ -19,7 +19,10 @@ Every close for one of these reasons is counted in :data:`CLOSED` and told to :d
 ``bnserve_connections_closed_total``).
 
 It also writes a response's head and its body in one ``send`` (:class:`CoalescingTransport`): uvicorn writes
-them separately, two system calls and, with ``TCP_NODELAY``, two packets the client must read.
+them separately, two system calls and, with ``TCP_NODELAY``, two packets the client must read. Its keep-alive
+timer is armed once per idle stretch and checks the connection's last activity when it fires, where uvicorn
+cancels and re-arms it on every read and every response. A request the wire path takes (:mod:`service.wire`)
+gets no ASGI scope at all: the scope is made once the headers show that the ASGI app serves it.
 The class is given to uvicorn as ``http=functools.partial(BoundedHttpToolsProtocol, limits=...)``: the
 partial pickles, so worker processes get it too.
 """

@@ -6,15 +6,17 @@ coroutines, and the service's own ASGI layers awaiting each other (BENCHMARKS.md
 the connection's protocol (:class:`service.connections.BoundedHttpToolsProtocol`) hands a finished request
 straight to :meth:`WirePath.handle`, a plain function: it looks the model up, decodes, queues the rows for the
 loop iteration's batched run (:meth:`service.batching.Batcher.submit`), and writes the response bytes from the
-batcher's callback; no task, future or coroutine is made for it.
+batcher's callback; no task, future or coroutine is made for it. The protocol asks as soon as the headers are
+parsed, before uvicorn would make the request's scope, event and cycle: a wire request has only a
+:class:`service.connections.WireCycle`, the few attributes uvicorn's code reads.
 
 Only a request whose every decision is settled by its headers takes it (:meth:`WirePath.accept`): a POST to a
 hot route (V2 ``infer``, V1 ``:predict``, with or without a version) with a Content-Length no larger than
 ``inline_max_bytes`` (so it is decoded on the loop, and its body arrives without flow control), no
 Content-Encoding, Transfer-Encoding or ``Expect``, the right key on a guarded route, tracing off, on a
-connection with no earlier response pending. Everything else goes through the ASGI app as before
+connection with no earlier response pending, and a URL with neither a query nor an escape. Everything else goes through the ASGI app as before
 (``RequestContext``, then the fast path or FastAPI), which answers the same bytes
-(``tests/e2e/test_wire.py``). The request id, the metrics, the access line and the 499 of a client that leaves
+(``tests/service/test_wire.py``). The request id, the metrics, the access line and the 499 of a client that leaves
 mid-body are the same as :class:`service.middleware.RequestContext`'s, through the same function
 (:func:`service.middleware.account`).
 """
