@@ -17,6 +17,7 @@ options (event loop, HTTP parser, access log) as the service it is compared with
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib.util
 import logging
@@ -134,8 +135,21 @@ def _not_startup_failed(record: logging.LogRecord) -> bool:
 
 
 def _draining_first(begin_shutdown: Callable[[], None], handler: Callable[..., Any]) -> Callable[..., Any]:
+    """A signal handler that turns readiness off, then calls uvicorn's ``handler``.
+
+    ``begin_shutdown`` is not called from the handler itself but by the event loop, first thing in its next
+    iteration: a signal handler runs between two bytecodes of whatever the main thread was doing, which may be
+    inside the metrics' lock (prometheus-client's, not reentrant), and setting the readiness gauge there
+    deadlocked the process for good (seen under load: a worker that never exited on SIGTERM).
+    """
+
     def handle(sig: int, frame: FrameType | None) -> None:
-        begin_shutdown()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop runs yet: nothing else can hold the lock either
+            begin_shutdown()
+        else:
+            loop.call_soon_threadsafe(begin_shutdown)
         handler(sig, frame)
 
     return handle

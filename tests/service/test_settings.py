@@ -141,3 +141,34 @@ def test_a_served_process_has_one_blas_thread() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[1]"
+
+
+def test_the_sigterm_handler_leaves_readiness_to_the_loop_and_never_waits_for_a_lock() -> None:
+    """The handler runs between two bytecodes of the main thread, maybe inside the metrics' lock: taking that
+    lock there deadlocked a worker for good. It must return at once and let the loop turn readiness off."""
+    import asyncio
+    import threading
+
+    from service.server import _draining_first
+
+    lock = threading.Lock()  # as prometheus-client's value lock: not reentrant
+    events: list[str] = []
+
+    def begin_shutdown() -> None:
+        if not lock.acquire(timeout=1.0):
+            events.append("deadlock")
+            return
+        lock.release()
+        events.append("readiness off")
+
+    handle = _draining_first(begin_shutdown, lambda sig, frame: events.append("uvicorn's handler"))
+
+    async def main() -> None:
+        with lock:  # the main thread is inside the lock when the signal arrives
+            handle(signal.SIGTERM, None)
+            assert events == ["uvicorn's handler"]
+        await asyncio.sleep(0)  # the loop's next iteration
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert events == ["uvicorn's handler", "readiness off"]
