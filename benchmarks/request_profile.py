@@ -17,7 +17,7 @@ is batched with nobody: the batcher's own cost shows), in microseconds per call:
 - ``metrics.observe`` / ``access.record``: per-request accounting;
 - ``access.flush/line``: formatting and writing the access log, per line (a flush holds the loop for its lines).
 
-    python -m benchmarks.request_profile [--batch 1] [--calls 3000] [--rounds 5] [--connections 16] [--no-drift]
+    python -m benchmarks.request_profile [--batch 1] [--calls 3000] [--rounds 5] [--connections 16] [--no-drift] [--no-layers]
 
 The server's own share (uvicorn, httptools, the socket) is what ``python -m benchmarks.serve`` reports for
 the bare ASGI no-op, as CPU microseconds per request.
@@ -115,14 +115,16 @@ async def protocol_cost(
 
 
 async def profile(
-    batch: int, calls: int, rounds: int, connections: int = 16, drift: bool = True
+    batch: int, calls: int, rounds: int, connections: int = 16, drift: bool = True, layers: bool = True
 ) -> dict[str, float]:
     from service import dataplane, v2
     from service.app import create_app
     from service.settings import Settings
 
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    settings = Settings(model_repository=ROOT / "models", grpc_port=0, workers=1, drift_enabled=drift)
+    settings = Settings(
+        model_repository=ROOT / "models", grpc_port=0, workers=1, drift_enabled=drift, drift_layers=layers
+    )
     app = create_app(settings)
     body = body_for(batch)
     scope = {
@@ -230,14 +232,19 @@ def main() -> None:
         "--connections", type=int, default=16, help="requests per loop iteration (wire/asgi path)"
     )
     ap.add_argument("--no-drift", action="store_true", help="serve without the drift monitors")
+    ap.add_argument(
+        "--no-layers", action="store_true", help="drift on the inputs only, not the hidden layers"
+    )
     args = ap.parse_args()
     import uvloop
 
-    figures = uvloop.run(profile(args.batch, args.calls, args.rounds, args.connections, not args.no_drift))
+    figures = uvloop.run(
+        profile(args.batch, args.calls, args.rounds, args.connections, not args.no_drift, not args.no_layers)
+    )
     print(
         f"# V2 JSON, batch {args.batch}, in process (uvloop), best of {args.rounds} x {args.calls} calls; "
-        f"drift {'off' if args.no_drift else 'on'}; wire/asgi path: {args.connections} requests per loop "
-        "iteration, CPU us per request"
+        f"drift {'off' if args.no_drift else 'inputs only' if args.no_layers else 'on'}; wire/asgi path: "
+        f"{args.connections} requests per loop iteration, CPU us per request"
     )
     for name, us in figures.items():
         print(f"{name:>18}: {us:8.1f} us")
