@@ -223,6 +223,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self.timeout_keep_alive_task is not None:  # uvicorn's own cancel is a no-op here
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
         if self._refused:
             return
         if self._wire is not None:  # a wire-path request whose body never completed

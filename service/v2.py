@@ -204,7 +204,7 @@ def _quick_request(body: bytes, model: ModelRuntime, max_rows: int) -> InferRequ
     if len(shape) != 2 or type(shape[0]) is not int or type(shape[1]) is not int:
         return None
     n_rows, n_cols = shape
-    if n_cols != model.n_features or not 0 < n_rows <= max_rows or b"true" in body or b"false" in body:
+    if n_cols != model.n_features or not 0 < n_rows <= max_rows or has_literals(body):
         return None
     try:
         values = np.array(data)  # its dtype says what the numbers are: no string is converted
@@ -214,11 +214,11 @@ def _quick_request(body: bytes, model: ModelRuntime, max_rows: int) -> InferRequ
         values.shape != (n_rows * n_cols,) and values.shape != (n_rows, n_cols)
     ):
         return None  # strings, nulls (object), lists where numbers belong
-    values = values.astype(np.float64, copy=False)  # no overflow in abs below
-    if not float(np.abs(values).max()) <= model.input_limit:  # also NaN (a null) and infinities
+    try:  # float64 first: no overflow in its range check
+        x = to_float32_rows(values.astype(np.float64, copy=False).reshape(n_rows, n_cols), model.input_limit)
+    except BadRequest:  # NaN (a null), infinities, beyond the input range
         return None
-    outputs = tuple((name, False) for name in model.output_names)
-    return InferRequest(x=values.reshape(n_rows, n_cols).astype(np.float32), outputs=outputs, id=rid)
+    return InferRequest(x=x, outputs=requested_outputs(None, model, False), id=rid)
 
 
 def tabular_inputs(names: list[Any], tab: Tabular, model_name: str) -> None:

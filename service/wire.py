@@ -99,7 +99,7 @@ class WirePath:
             return None
         found = self._paths.get(url)
         if found is None:
-            found = self._route(url.decode("ascii"))
+            found = self._route(url)
             if found is None:
                 return None
         path, route, params = found
@@ -120,15 +120,16 @@ class WirePath:
             time.perf_counter(),
         )  # fmt: skip
 
-    def _route(self, path: str) -> tuple[str, Route, dict[str, str | None]] | None:
-        """The hot route ``path`` is for and its parameters (kept for the next request to the same path), or
-        None."""
+    def _route(self, url: bytes) -> tuple[str, Route, dict[str, str | None]] | None:
+        """The path, the hot route ``url`` is for and its parameters (kept for the next request to the same
+        URL), or None."""
+        path = url.decode("ascii")
         for route in self.routes:
             match = route.pattern.fullmatch(path)
             if match is not None:
                 if len(self._paths) >= _MAX_PATHS:
                     self._paths.clear()
-                found = self._paths[path.encode("ascii")] = (path, route, match.groupdict())
+                found = self._paths[url] = (path, route, match.groupdict())
                 return found
         return None
 
