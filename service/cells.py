@@ -1,7 +1,7 @@
 """Missing cells and unknown categories: counted per feature, for the metrics and the drift report.
 
 A model with categorical or imputed features (:class:`service.tabular.Tabular`) gets one observer, on the
-feeder thread (never on a request's path), that counts, per batch of served rows, the missing cells of each
+observer feeder (batched, after the responses: never on a request's path), that counts, per batch of served rows, the missing cells of each
 feature (NaN in ``input``, ``""`` in ``categorical``: cells the graph imputed) and the categories its graph does
 not know (sent to the unknown bucket). The counts go to the Prometheus counters
 (``bnserve_missing_cells_total``, ``bnserve_unknown_category_total``) and to the model's :class:`CellMonitor`,

@@ -9,7 +9,8 @@ units), with the same estimators, horizons and threshold as the inputs.
 
 The service feeds the monitor the hidden outputs of the very run that served the rows (the graph computes
 them anyway; asking onnxruntime for them costs a copy, where a second run on the feeder thread cost as much
-as the first); the statistics are updated on the feeder thread (``benchmarks/drift.py`` measures the cost).
+as the first); the statistics are updated by the observer feeder, batched, after the responses
+(``service/observers.py``; ``benchmarks/drift.py`` measures the cost).
 """
 
 from __future__ import annotations

@@ -1,20 +1,29 @@
-"""Keep inference observers (the drift monitors) off the event loop and off the request's critical path.
+"""Run the inference observers (the drift monitors) off the request's critical path, batched.
 
-Wherever the inference ran (in the inference threads, or on the event loop when ``BNSERVE_INLINE_MAX_BYTES``
-is set), its rows are handed to one feeder thread, in arrival order, so that a request only pays for a copy of
-its rows. The feeder takes everything that arrived while it was busy in one go and calls each observer once on
-the concatenated rows (the drift monitor's update is a closed form over any number of rows, ~50 us whether 1 or
-100): under load that is one thread wake-up and one update per burst rather than per request (measured: about
-40 us of CPU per batch-1 request when each request updated the monitor itself). The feeder lingers 20 ms
-after a wake-up before it takes the rows (less once a quarter of ``max_pending`` batches wait): otherwise it
-would grab the GIL each time another thread releases it inside onnxruntime and drain one request at a time;
-and each drain takes the GIL from the event loop, so fewer, larger drains cost the serving thread less (5 ms
-before; BENCHMARKS.md). Drift statistics have horizons of thousands of rows: 20 ms is no staleness. Readers of
-what the observers accumulate call :meth:`ObserverFeeder.flush` first, to see every row served before the read.
+Wherever the inference ran (on the event loop for the small requests, in the inference threads for the large
+ones), its rows are handed to the feeder, in arrival order, so that a request only pays for a copy of its rows.
+Every ``linger`` seconds (20 ms) at most, the feeder calls each observer once on the rows that arrived
+meanwhile, concatenated: the drift monitor's update is a closed form over any number of rows (~50 us whether
+1 or 100), so under load that is one update per burst rather than one per request.
+
+Where a drain runs: **on the event loop** when it holds at most ``loop_rows`` rows (2048; what heavy traffic of
+small requests gathers in 20 ms under the default row budgets), else on the feeder's own thread.
+- A thread of the serving process is not free: it takes the GIL from the event loop, and every time the loop
+  lets go of the GIL (each read, each write) the feeder takes it until its next numpy call lets go in turn: a
+  convoy that cost the serving thread more than the observers' own arithmetic. Measured on 2 CPUs, batch 1, 32
+  connections, 2 workers: about 15 % more CPU per request with the drains on the thread (BENCHMARKS.md).
+- On the loop a drain is one callback of a few hundred microseconds every 20 ms, and no thread wakes.
+- A large drain (a burst of big batches) still goes to the thread, so that the loop never stalls for
+  milliseconds; large numpy operations release the GIL, so there the thread costs the loop little.
+Drains run one at a time, in arrival order, wherever they run.
+
+Drift statistics have horizons of thousands of rows: 20 ms is no staleness. Readers of what the observers
+accumulate call :meth:`ObserverFeeder.flush` first, to see every row served before the read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Sequence
@@ -27,29 +36,42 @@ from service.runtime import LayerObserver, Observer
 
 log = logging.getLogger("bnserve.observers")
 
+# (observer, rows, hidden layers' outputs or None, what)
+_Batch = tuple[Any, Any, Sequence[np.ndarray] | None, str]
+
 
 class ObserverFeeder:
-    """One thread that runs the observers, first in, first out, batching what arrives close together.
+    """Runs the observers, first in, first out, batching what arrives within ``linger`` seconds.
 
-    At most ``max_pending`` batches wait; beyond that a batch is skipped by the observers (counted in
-    ``skipped_rows``; the first skip is logged) rather than run on the loop or queued without bound.
+    :meth:`start` gives it the event loop that runs the small drains; before it (or without a loop) every
+    drain runs on the feeder's thread. At most ``max_pending`` batches wait; beyond that a batch is skipped by
+    the observers (counted in ``skipped_rows``; the first skip is logged) rather than queued without bound.
     """
 
-    def __init__(self, max_pending: int = 1024, linger: float = 0.02) -> None:
+    def __init__(self, max_pending: int = 1024, linger: float = 0.02, loop_rows: int = 2048) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnserve-observers")
         self._max_pending = max_pending
         self._linger = linger
-        self._lock = threading.Lock()
-        # (observer, rows, hidden layers' outputs or None, what), in arrival order
-        self._pending: list[tuple[Any, Any, Sequence[np.ndarray] | None, str]] = []
-        self._draining_scheduled = False
-        # Set when a quarter of max_pending waits: the drain stops lingering (a burst must not reach the limit).
-        self._crowded = threading.Event()
+        self._loop_rows = loop_rows
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._lock = threading.Lock()  # guards _pending, _rows, _scheduled, skipped_rows
+        self._pending: list[_Batch] = []  # in arrival order
+        self._rows = 0  # rows in _pending
+        self._scheduled = False  # a drain is due (a timer armed, or a thread drain queued)
+        # Held while observers run: drains (and flushes) one at a time, each taking everything pending.
+        self._draining = threading.Lock()
+        self._closing = threading.Event()  # cuts the thread's linger short
         self.skipped_rows = 0
 
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the small drains on ``loop`` from now on (call it from the loop's thread)."""
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+
     def wrap(self, observe: Observer, what: str, pairs: bool = False) -> Observer:
-        """``observe``, run on the feeder thread, whichever thread the inference ran on. ``pairs``: a model with
-        a ``categorical`` input, whose observers take ``(x, categorical)``."""
+        """``observe``, run by the feeder, whichever thread the inference ran on. ``pairs``: a model with a
+        ``categorical`` input, whose observers take ``(x, categorical)``."""
 
         def fed(x: Any) -> None:
             self._hand_over(observe, x, None, what, pairs)
@@ -57,8 +79,8 @@ class ObserverFeeder:
         return fed
 
     def wrap_layers(self, observe: LayerObserver, what: str) -> LayerObserver:
-        """A layer observer (rows, and the hidden layers' outputs on the rows sampled of them or None), run on
-        the feeder thread; it gets each drain's rows, and the layer rows of the batches that had any."""
+        """A layer observer (rows, and the hidden layers' outputs on the rows sampled of them or None), run by
+        the feeder; it gets each drain's rows, and the layer rows of the batches that had any."""
 
         def fed(x: np.ndarray, layers: Sequence[np.ndarray] | None) -> None:
             self._hand_over(observe, x, layers, what)
@@ -71,28 +93,83 @@ class ObserverFeeder:
         # A copy of the rows: the caller's array may be a view of a buffer it reuses once the response is sent.
         # The layers' outputs are the run's own arrays, which nothing writes to.
         rows = (np.array(x[0], copy=True), np.array(x[1], copy=True)) if pairs else np.array(x, copy=True)
+        n = len(rows[0]) if pairs else len(rows)
         with self._lock:
             if len(self._pending) >= self._max_pending:
                 full = True
             else:
                 full = False
                 self._pending.append((observe, rows, layers, what))
-                wake = not self._draining_scheduled
-                self._draining_scheduled = True
-                if len(self._pending) == self._max_pending // 4:
-                    self._crowded.set()
+                self._rows += n
+                schedule = not self._scheduled
+                self._scheduled = True
+                crowded = len(self._pending) == self._max_pending // 4
         if full:
-            self._skip(len(rows[0]) if pairs else len(x), what)
-        elif wake:  # else a drain is queued and will take these rows too
-            self._executor.submit(self._drain)
+            self._skip(n, what)
+        elif schedule:
+            self._schedule(self._linger)
+        elif crowded:  # a burst must not reach the limit: drain now rather than at the end of the linger
+            self._schedule(0.0)
+
+    def _schedule(self, delay: float) -> None:
+        loop = self._loop
+        if loop is not None and threading.get_ident() == self._loop_thread:
+            loop.call_later(delay, self._drain)
+            return
+        if loop is not None:  # an inference thread: the loop arms the timer
+            try:
+                loop.call_soon_threadsafe(loop.call_later, delay, self._drain)
+                return
+            except RuntimeError:  # the loop is closed: the thread drains
+                pass
+        self._to_thread(delay)
+
+    def _to_thread(self, delay: float) -> None:
+        try:
+            self._executor.submit(self._drain_in_thread, delay)
+        except (
+            RuntimeError
+        ):  # closed (rows of an inference that ended during the shutdown): observe them here
+            self.flush()
+            self._again()
 
     def _drain(self) -> None:
-        """Run every observer once on all of its pending rows, concatenated in arrival order."""
-        self._crowded.wait(self._linger)  # let a burst gather (the GIL is free meanwhile)
+        """The timer fired (on the loop): observe here if the pending rows are few and no drain is running,
+        else on the thread."""
         with self._lock:
-            pending, self._pending = self._pending, []
-            self._draining_scheduled = False
-            self._crowded.clear()
+            if not self._pending:  # flushed meanwhile
+                self._scheduled = False
+                return
+            small = self._rows <= self._loop_rows
+        if small and self._draining.acquire(blocking=False):
+            try:
+                self._observe_pending()
+            finally:
+                self._draining.release()
+            self._again()
+        else:  # many rows, or a drain already running on the thread: queue behind it there
+            self._to_thread(0.0)
+
+    def _drain_in_thread(self, linger: float) -> None:
+        if linger:
+            self._closing.wait(linger)  # let a burst gather (the GIL is free meanwhile)
+        with self._draining:
+            self._observe_pending()
+        self._again()
+
+    def _again(self) -> None:
+        """After a drain: schedule the next one if rows arrived while it ran, else stand down."""
+        with self._lock:
+            self._scheduled = bool(self._pending)
+            again = self._scheduled
+        if again:
+            self._schedule(self._linger)
+
+    def _observe_pending(self) -> None:
+        """Run every observer once on all of its pending rows, concatenated in arrival order (``_draining``
+        held: the batches taken here are the oldest not yet observed)."""
+        with self._lock:
+            pending, self._pending, self._rows = self._pending, [], 0
         grouped: dict[int, tuple[Any, list[Any], list[Sequence[np.ndarray]], str]] = {}
         for observe, rows, layers, what in pending:
             group = grouped.setdefault(id(observe), (observe, [], [], what))
@@ -122,12 +199,16 @@ class ObserverFeeder:
             )
 
     def flush(self) -> None:
-        """Wait until every batch handed over before this call has been observed (not from the event loop)."""
-        self._executor.submit(lambda: None).result()
+        """Observe every batch handed over before this call, here and now (after any drain in progress), from
+        any thread."""
+        with self._draining:
+            self._observe_pending()
 
     def close(self) -> None:
         """Observe what is pending, then stop the thread."""
+        self._closing.set()
         self._executor.shutdown(wait=True)
+        self.flush()
 
 
 def _join(batches: list[Any]) -> Any:

@@ -28,7 +28,8 @@ from service.tabular import Tabular
 log = logging.getLogger("bnserve.runtime")
 
 #: Called with the float32 rows (N, F) of every successful inference, after the outputs are computed. The
-#: service wraps each observer (``ObserverFeeder.wrap``) so that the real work happens on its feeder thread.
+#: service wraps each observer (``ObserverFeeder.wrap``) so that the real work happens later, batched, off the
+#: request's path.
 #: A model with a ``categorical`` input calls its observers with the pair ``(x, categorical)`` instead.
 Observer = Callable[[Any], None]
 #: Called with the served rows (N, F) and each hidden layer's outputs on a sample of them (``(k, units)``, the

@@ -6,6 +6,7 @@ there, never at import time. No HTTP here.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -51,7 +52,7 @@ class ServiceState:
     poller: RepositoryPoller | None = None  # poll mode only
     drift: dict[tuple[str, int], DriftMonitor] = field(default_factory=dict)  # by (name, version)
     samples: dict[tuple[str, int], Reservoir] = field(default_factory=dict)  # by (name, version), opt-in
-    feeder: ObserverFeeder | None = None  # runs the observers, batched, on its own thread
+    feeder: ObserverFeeder | None = None  # runs the observers, batched, off the requests' path
     access_log: AccessLog | None = field(init=False)  # None when the access log is off
     offload: Offload | None = None  # runs the blocking part of inference requests
     draining: bool = False
@@ -113,9 +114,10 @@ class ServiceState:
         """Load the repository, give every model its observers, start the inference threads, turn ready."""
         settings = self.settings
         started = time.perf_counter()
-        # Observers run on the feeder thread, batched, after the response's outputs: never on the loop and never
-        # on a request's critical path.
+        # Observers run batched, after the responses, every 20 ms at most: on this loop when the rows are few,
+        # on the feeder's thread when they are many (service/observers.py says why).
         self.feeder = ObserverFeeder()
+        self.feeder.start(asyncio.get_running_loop())
         manager = ModelManager(
             settings.model_repository,
             settings.model_control_mode,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,19 +252,19 @@ def test_disabled_monitoring(digits: Digits) -> None:
 
 
 @pytest.mark.parametrize("inline_max_bytes", [0, 32 * 1024], ids=["threadpool", "inline"])
-def test_updates_run_off_the_event_loop(digits: Digits, inline_max_bytes: int) -> None:
-    """The monitor is fed beside onnxruntime in the threadpool, or by the feeder thread when small requests are
-    predicted on the loop (BNSERVE_INLINE_MAX_BYTES): never on the event loop's thread."""
-    on_loop: list[bool] = []
+def test_observers_run_after_the_requests_batched_on_the_event_loop(
+    digits: Digits, inline_max_bytes: int
+) -> None:
+    """Wherever the inference ran (the threadpool, or the loop for small requests), the observers run later, on
+    the event loop's thread (tests/service/test_observers.py: batched, in order, large drains on a thread)."""
+    threads: list[int] = []
     rows: list[int] = []
+    served: list[int] = []  # the thread of the app's loop, seen from a request's own observer hook
 
     def probe(x: np.ndarray) -> None:
         rows.append(len(x))
-        try:
-            asyncio.get_running_loop()
-            on_loop.append(True)
-        except RuntimeError:
-            on_loop.append(False)
+        asyncio.get_running_loop()  # raises off the loop
+        threads.append(threading.get_ident())
 
     def observers_for(model: ModelRuntime) -> list:
         # the drift monitor, registered before the hook's observers (with the hidden layers: a layer observer)
@@ -270,12 +272,17 @@ def test_updates_run_off_the_event_loop(digits: Digits, inline_max_bytes: int) -
         return [probe]
 
     settings = settings_for(digits.root, inline_max_bytes=inline_max_bytes)
-    with TestClient(create_app(settings, observers_for=observers_for)) as c:
+    app = create_app(settings, observers_for=observers_for)
+    with TestClient(app) as c:
+        served.append(c.portal.call(threading.get_ident))  # type: ignore[union-attr]
         send(c, digits.held_out[:8])
         assert (
             c.post("/v1/models/digits:predict", json={"instances": digits.held_out[:2].tolist()}).status_code
             == 200
         )
+        deadline = time.monotonic() + 10
+        while sum(rows) < 10 and time.monotonic() < deadline:  # the drain comes within the linger (20 ms)
+            time.sleep(0.01)
         assert report(c)["rows_seen"] == 10
-    # The feeder may hand several requests' rows over in one call (concatenated, in arrival order).
-    assert on_loop and not any(on_loop) and sum(rows) == 10
+    assert sum(rows) == 10
+    assert set(threads) == set(served)
