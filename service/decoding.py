@@ -246,7 +246,7 @@ def nested_rows(data: list[Any], n_cols: int) -> list[Any]:
         if not isinstance(row, list):
             raise BadRequest(f"row {i} is {describe(row)}; expected a list of {n_cols} numbers")
         if len(row) != n_cols:
-            raise _width_error(n_cols, len(row), i)
+            raise width_error(n_cols, len(row), i)
     return list(chain.from_iterable(data))
 
 
@@ -254,11 +254,23 @@ def check_widths(widths: Sequence[int], n_cols: int) -> None:
     """Every row ``n_cols`` wide (the widths of rows already known to be lists of numbers)."""
     for i, width in enumerate(widths):
         if width != n_cols:
-            raise _width_error(n_cols, width, i)
+            raise width_error(n_cols, width, i)
 
 
-def _width_error(n_cols: int, width: int, row: int) -> BadRequest:
+def width_error(n_cols: int, width: int, row: int) -> BadRequest:
+    """A row of ``width`` values where the model takes ``n_cols`` (V1 lists, V2 nested rows)."""
     return BadRequest(f"expected {n_cols} features per row, got {width} (row {row})")
+
+
+def not_named_error(instance: Any, row: int) -> BadRequest:
+    """A V1 row that is not an object when row 0 was one."""
+    return BadRequest(f"row {row} is {describe(instance)}; expected an object of named features like row 0")
+
+
+def unknown_features_error(unknown: Sequence[str], row: int) -> BadRequest:
+    """A V1 object with keys that name no feature: the first (cut to 64 characters) and how many more."""
+    more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+    return BadRequest(f"unknown feature {unknown[0][:64]!r}{more} (row {row})")
 
 
 def to_float32_rows(

@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 
 import contract
-from service.decoding import FLOAT32_MAX, describe, to_float32_rows
+from service.decoding import (
+    FLOAT32_MAX,
+    describe,
+    not_named_error,
+    to_float32_rows,
+    unknown_features_error,
+    width_error,
+)
 from service.errors import BadRequest
 
 #: JSON true/false of a boolean feature, as the graph's ``categorical`` input spells them.
@@ -56,8 +63,13 @@ class Tabular:
     #: Where the numeric and the categorical features are among all of them (contract order).
     numeric_index: list[int] = field(init=False)
     categorical_index: list[int] = field(init=False)
+    #: Every feature's name, in contract order, and the same as a set (computed once, not per request).
+    names: list[str] = field(init=False)
+    name_set: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
+        self.names = [s.name for s in self.specs]
+        self.name_set = frozenset(self.names)
         self.numeric = [s for s in self.specs if s.is_numeric]
         self.categorical = [s for s in self.specs if not s.is_numeric]
         self.nan_columns = np.array([s.impute is not None for s in self.numeric], dtype=bool)
@@ -75,10 +87,6 @@ class Tabular:
         if any(not s.is_numeric or s.impute is not None for s in mc.inputs):
             return cls(list(mc.inputs))
         return None
-
-    @property
-    def names(self) -> list[str]:
-        return [s.name for s in self.specs]
 
     @property
     def has_categorical(self) -> bool:
@@ -134,8 +142,7 @@ class Tabular:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """V1 instances (objects by feature name, or lists in feature order) -> ``input`` and ``categorical``;
         numbers within the model's input ``limit``."""
-        names = self.names
-        wanted = set(names)
+        names, wanted = self.names, self.name_set
         by_name = isinstance(instances[0], dict)
         n_num, n_cat = len(self.numeric), len(self.categorical)
         numbers: list[float] = []
@@ -143,13 +150,9 @@ class Tabular:
         for i, instance in enumerate(instances):
             if by_name:
                 if not isinstance(instance, dict):
-                    raise BadRequest(
-                        f"row {i} is {describe(instance)}; expected an object of named features like row 0"
-                    )
+                    raise not_named_error(instance, i)
                 if not instance.keys() <= wanted:
-                    unknown = [k for k in instance if k not in wanted]
-                    more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
-                    raise BadRequest(f"unknown feature {unknown[0][:64]!r}{more} (row {i})")
+                    raise unknown_features_error([k for k in instance if k not in wanted], i)
                 values = [instance.get(n) for n in names]  # a missing key is a missing cell
             else:
                 if not isinstance(instance, list):
@@ -158,7 +161,7 @@ class Tabular:
                         f"order {names[:8]} or an object of named features"
                     )
                 if len(instance) != len(names):
-                    raise BadRequest(f"expected {len(names)} features per row, got {len(instance)} (row {i})")
+                    raise width_error(len(names), len(instance), i)
                 values = instance
             for spec, value in zip(self.specs, values):
                 if spec.is_numeric:

@@ -14,7 +14,15 @@ import numpy as np
 import orjson
 
 import contract
-from service.decoding import describe, has_literals, loads, nested_rows, numbers_to_rows
+from service.decoding import (
+    describe,
+    has_literals,
+    loads,
+    nested_rows,
+    not_named_error,
+    numbers_to_rows,
+    unknown_features_error,
+)
 from service.errors import BadRequest, PayloadTooLarge
 from service.runtime import ModelRuntime
 
@@ -59,14 +67,11 @@ def _named_rows(instances: list[Any], names: list[str]) -> list[Any]:
     flat: list[Any] = []
     for i, instance in enumerate(instances):
         if not isinstance(instance, dict):
-            raise BadRequest(
-                f"row {i} is {describe(instance)}; expected an object of named features like row 0"
-            )
+            raise not_named_error(instance, i)
         if instance.keys() != wanted:
             unknown = [k for k in instance if k not in wanted]
             if unknown:
-                more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
-                raise BadRequest(f"unknown feature {unknown[0][:64]!r}{more} (row {i})")
+                raise unknown_features_error(unknown, i)
             missing = [n for n in names if n not in instance]
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             raise BadRequest(f"missing feature {missing[0]!r}{more} (row {i})")
