@@ -54,20 +54,19 @@ class ObserverFeeder:
         self._linger = linger
         self._loop_rows = loop_rows
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: int | None = None
         self._lock = threading.Lock()  # guards _pending, _rows, _scheduled, skipped_rows
         self._pending: list[_Batch] = []  # in arrival order
-        self._rows = 0  # rows in _pending
+        self._rows = 0  # rows in _pending, summed over the observers they are for
         self._scheduled = False  # a drain is due (a timer armed, or a thread drain queued)
         # Held while observers run: drains (and flushes) one at a time, each taking everything pending.
         self._draining = threading.Lock()
-        self._closing = threading.Event()  # cuts the thread's linger short
+        self._hurry = threading.Event()  # cuts the thread's linger short (a burst, or the close)
+        self._closed = False  # after close(): a late hand-over is observed at once, by its caller
         self.skipped_rows = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Run the small drains on ``loop`` from now on (call it from the loop's thread)."""
+        """Run the small drains on ``loop`` from now on."""
         self._loop = loop
-        self._loop_thread = threading.get_ident()
 
     def wrap(self, observe: Observer, what: str, pairs: bool = False) -> Observer:
         """``observe``, run by the feeder, whichever thread the inference ran on. ``pairs``: a model with a
@@ -103,22 +102,26 @@ class ObserverFeeder:
                 self._rows += n
                 schedule = not self._scheduled
                 self._scheduled = True
-                crowded = len(self._pending) == self._max_pending // 4
+                crowded = len(self._pending) == max(1, self._max_pending // 4)
+                closed = self._closed
         if full:
             self._skip(n, what)
+        elif closed:  # an inference that ended during the shutdown: nothing would drain its rows later
+            self.flush()
         elif schedule:
             self._schedule(self._linger)
         elif crowded:  # a burst must not reach the limit: drain now rather than at the end of the linger
+            self._hurry.set()
             self._schedule(0.0)
 
     def _schedule(self, delay: float) -> None:
         loop = self._loop
-        if loop is not None and threading.get_ident() == self._loop_thread:
-            loop.call_later(delay, self._drain)
-            return
-        if loop is not None:  # an inference thread: the loop arms the timer
+        if loop is not None:
             try:
-                loop.call_soon_threadsafe(loop.call_later, delay, self._drain)
+                if _running_loop() is loop:
+                    loop.call_later(delay, self._drain)
+                else:  # an inference thread: the loop arms the timer
+                    loop.call_soon_threadsafe(loop.call_later, delay, self._drain)
                 return
             except RuntimeError:  # the loop is closed: the thread drains
                 pass
@@ -127,11 +130,8 @@ class ObserverFeeder:
     def _to_thread(self, delay: float) -> None:
         try:
             self._executor.submit(self._drain_in_thread, delay)
-        except (
-            RuntimeError
-        ):  # closed (rows of an inference that ended during the shutdown): observe them here
-            self.flush()
-            self._again()
+        except RuntimeError:  # shut down: close() observes what is pending, and later rows at once
+            pass
 
     def _drain(self) -> None:
         """The timer fired (on the loop): observe here if the pending rows are few and no drain is running,
@@ -140,19 +140,22 @@ class ObserverFeeder:
             if not self._pending:  # flushed meanwhile
                 self._scheduled = False
                 return
-            small = self._rows <= self._loop_rows
-        if small and self._draining.acquire(blocking=False):
+        if self._draining.acquire(blocking=False):
             try:
-                self._observe_pending()
+                done = self._observe_pending(self._loop_rows)
             finally:
                 self._draining.release()
-            self._again()
-        else:  # many rows, or a drain already running on the thread: queue behind it there
-            self._to_thread(0.0)
+            if done:
+                self._again()
+                return
+        # many rows, or a drain already running on the thread: queue behind it there
+        self._to_thread(0.0)
 
     def _drain_in_thread(self, linger: float) -> None:
         if linger:
-            self._closing.wait(linger)  # let a burst gather (the GIL is free meanwhile)
+            self._hurry.wait(linger)  # let a burst gather (the GIL is free meanwhile)
+        if not self._closed:
+            self._hurry.clear()
         with self._draining:
             self._observe_pending()
         self._again()
@@ -165,10 +168,13 @@ class ObserverFeeder:
         if again:
             self._schedule(self._linger)
 
-    def _observe_pending(self) -> None:
+    def _observe_pending(self, max_rows: int | None = None) -> bool:
         """Run every observer once on all of its pending rows, concatenated in arrival order (``_draining``
-        held: the batches taken here are the oldest not yet observed)."""
+        held: the batches taken here are the oldest not yet observed). With ``max_rows``, only if at most that
+        many rows are pending (checked and taken in one step); returns whether it took them."""
         with self._lock:
+            if max_rows is not None and self._rows > max_rows:
+                return False
             pending, self._pending, self._rows = self._pending, [], 0
         grouped: dict[int, tuple[Any, list[Any], list[Sequence[np.ndarray]], str]] = {}
         for observe, rows, layers, what in pending:
@@ -185,6 +191,7 @@ class ObserverFeeder:
                     observe(x)
             except Exception:  # an observer must never take the feeder down
                 log.exception("observer of %s failed", what)
+        return True
 
     def _skip(self, rows: int, what: str) -> None:
         with self._lock:
@@ -199,16 +206,26 @@ class ObserverFeeder:
             )
 
     def flush(self) -> None:
-        """Observe every batch handed over before this call, here and now (after any drain in progress), from
-        any thread."""
+        """Observe every batch handed over before this call, here and now, from any thread. It waits for a
+        drain in progress (on the loop's thread that blocks the loop as long: the service flushes from worker
+        threads)."""
         with self._draining:
             self._observe_pending()
 
     def close(self) -> None:
-        """Observe what is pending, then stop the thread."""
-        self._closing.set()
+        """Observe what is pending, stop the thread; rows handed over later are observed by their caller."""
+        with self._lock:
+            self._closed = True
+        self._hurry.set()
         self._executor.shutdown(wait=True)
         self.flush()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _join(batches: list[Any]) -> Any:

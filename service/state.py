@@ -228,16 +228,18 @@ class ServiceState:
         self.samples = {k: r for k, r in self.samples.items() if k != key}
 
     async def stop(self) -> None:
-        """Not ready any more; stop re-reading the repository; observe what is pending; let inferences finish."""
+        """Not ready any more; stop re-reading the repository; let inferences finish; observe what is pending."""
         self.begin_shutdown()
         if self.poller is not None:
             await self.poller.stop()
         if self.access_log is not None:
             self.access_log.close()
-        if self.feeder is not None:
-            await anyio.to_thread.run_sync(self.feeder.close)
+        # The inferences first: one that ends during the shutdown hands its rows to the feeder, which then
+        # observes them before it closes.
         if self.offload is not None:
             await anyio.to_thread.run_sync(self.offload.close)
+        if self.feeder is not None:
+            await anyio.to_thread.run_sync(self.feeder.close)
 
 
 def _numbers(observe: Observer, pairs: bool) -> Observer:

@@ -178,3 +178,31 @@ def test_a_failing_observer_is_logged_and_the_others_still_run(caplog) -> None: 
     recorder = asyncio.run(main())
     assert len(recorder.rows) == 3
     assert "observer of bad/1 failed" in caplog.text
+
+
+def test_rows_handed_over_after_close_are_observed_by_their_caller() -> None:
+    async def main() -> Recorder:
+        feeder = ObserverFeeder(linger=0.01)
+        feeder.start(asyncio.get_running_loop())
+        recorder = Recorder()
+        fed = feeder.wrap(recorder, "m/1")
+        first, late = batches([2, 3])
+        fed(first)
+        await asyncio.to_thread(feeder.close)  # as the service's shutdown calls it
+        await asyncio.to_thread(fed, late)  # an inference that ended during the shutdown
+        return recorder
+
+    recorder = asyncio.run(main())
+    np.testing.assert_array_equal(recorder.rows[:, 0], np.arange(5))
+
+
+def test_a_hand_over_after_its_loop_closed_raises_nothing_and_is_observed_at_close() -> None:
+    feeder = ObserverFeeder(linger=0.01)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(asyncio.sleep(0))
+    feeder.start(loop)
+    loop.close()
+    recorder = Recorder()
+    feeder.wrap(recorder, "m/1")(batches([4])[0])  # same thread as the loop's, which no longer runs
+    feeder.close()
+    assert len(recorder.rows) == 4
