@@ -8,7 +8,7 @@ installed, ``InferenceSession.run`` of a real folded-BN-sized MLP graph (F -> 25
 the same run when the graph also declares its two hidden Gemm outputs as graph outputs (the request path
 of a model exported with hidden statistics), and the update of a monitor that also watches the two hidden
 layers (``ModelDriftMonitor.update_layers``: the inputs' update plus two 256-unit updates on the hidden
-outputs the serving run computed, the work the feeder thread does; without ``BNSERVE_DRIFT_LAYERS_MAX_ROWS``'
+outputs the serving run computed, the work the observer feeder does; without ``BNSERVE_DRIFT_LAYERS_MAX_ROWS``'
 sampling). Run it with ``OPENBLAS_NUM_THREADS=1`` for the service's setting (``python -m service`` sets it).
 """
 

@@ -182,7 +182,7 @@ class Settings(BaseSettings):
     drift_layers: bool = Field(
         default=True,
         description="Also monitor each hidden layer's outputs (models exported with hidden statistics); "
-        "computed on the observer thread, off the request path.",
+        "updated once per burst of rows, after the responses, off the request path.",
     )
     drift_layers_max_rows: float = Field(
         default=1000.0,
