@@ -11,7 +11,7 @@ small requests gathers in 20 ms under the default row budgets), else on the feed
 - A thread of the serving process is not free: it takes the GIL from the event loop, and every time the loop
   lets go of the GIL (each read, each write) the feeder takes it until its next numpy call lets go in turn: a
   convoy that cost the serving thread more than the observers' own arithmetic. Measured on 2 CPUs, batch 1, 32
-  connections, 2 workers: about 15 % more CPU per request with the drains on the thread (BENCHMARKS.md).
+  connections, 2 workers: about 10 % more CPU per request with the drains on the thread (BENCHMARKS.md).
 - On the loop a drain is one callback of a few hundred microseconds every 20 ms, and no thread wakes.
 - A large drain (a burst of big batches) still goes to the thread, so that the loop never stalls for
   milliseconds; large numpy operations release the GIL, so there the thread costs the loop little.
