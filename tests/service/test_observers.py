@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 
 from service.observers import ObserverFeeder
 
@@ -39,6 +40,14 @@ def batches(sizes: list[int]) -> list[np.ndarray]:
     return out
 
 
+def on_this_loop(**options: float) -> tuple[ObserverFeeder, Recorder, Callable[[np.ndarray], None]]:
+    """A feeder draining on the running loop, a recorder, and the recorder as the feeder wraps it."""
+    feeder = ObserverFeeder(**options)  # type: ignore[arg-type]
+    feeder.start(asyncio.get_running_loop())
+    recorder = Recorder()
+    return feeder, recorder, feeder.wrap(recorder, "m/1")
+
+
 async def wait_for(done: Callable[[], bool], seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not done():
@@ -48,10 +57,7 @@ async def wait_for(done: Callable[[], bool], seconds: float = 10.0) -> None:
 
 def test_small_drains_run_on_the_loop_once_per_linger_in_arrival_order() -> None:
     async def main() -> tuple[Recorder, int]:
-        feeder = ObserverFeeder(linger=0.05)
-        feeder.start(asyncio.get_running_loop())
-        recorder = Recorder()
-        fed = feeder.wrap(recorder, "m/1")
+        feeder, recorder, fed = on_this_loop(linger=0.05)
         for x in batches([1, 3, 2, 1]):
             fed(x)
             x[:] = -1  # the caller reuses its buffer once the response is sent: the feeder copied the rows
@@ -68,10 +74,7 @@ def test_small_drains_run_on_the_loop_once_per_linger_in_arrival_order() -> None
 
 def test_a_drain_over_loop_rows_runs_on_the_feeders_thread_and_order_holds_across_both() -> None:
     async def main() -> tuple[Recorder, int]:
-        feeder = ObserverFeeder(linger=0.01, loop_rows=100)
-        feeder.start(asyncio.get_running_loop())
-        recorder = Recorder()
-        fed = feeder.wrap(recorder, "m/1")
+        feeder, recorder, fed = on_this_loop(linger=0.01, loop_rows=100)
         sizes = [5, 300, 4, 250, 1]
         *singles, large, small = batches([*sizes, 200, 3])
         seen = 0
@@ -96,10 +99,7 @@ def test_a_drain_over_loop_rows_runs_on_the_feeders_thread_and_order_holds_acros
 
 def test_rows_from_an_inference_thread_are_drained_by_the_loop() -> None:
     async def main() -> tuple[Recorder, int]:
-        feeder = ObserverFeeder(linger=0.01)
-        feeder.start(asyncio.get_running_loop())
-        recorder = Recorder()
-        fed = feeder.wrap(recorder, "m/1")
+        feeder, recorder, fed = on_this_loop(linger=0.01)
         await asyncio.to_thread(fed, batches([3])[0])
         await wait_for(lambda: len(recorder.rows) == 3)
         feeder.close()
@@ -111,10 +111,7 @@ def test_rows_from_an_inference_thread_are_drained_by_the_loop() -> None:
 
 def test_flush_from_another_thread_observes_everything_handed_over_before_it() -> None:
     async def main() -> tuple[Recorder, int]:
-        feeder = ObserverFeeder(linger=60.0)  # no timer would fire during the test
-        feeder.start(asyncio.get_running_loop())
-        recorder = Recorder()
-        fed = feeder.wrap(recorder, "m/1")
+        feeder, recorder, fed = on_this_loop(linger=60.0)  # no timer would fire during the test
         for x in batches([2, 2]):
             fed(x)
         await asyncio.to_thread(feeder.flush)
@@ -142,10 +139,7 @@ def test_without_a_loop_the_thread_drains_and_close_observes_the_rest() -> None:
 
 def test_beyond_max_pending_batches_are_skipped_and_counted() -> None:
     async def main() -> tuple[Recorder, int]:
-        feeder = ObserverFeeder(max_pending=8, linger=60.0)
-        feeder.start(asyncio.get_running_loop())
-        recorder = Recorder()
-        fed = feeder.wrap(recorder, "m/1")
+        feeder, recorder, fed = on_this_loop(max_pending=8, linger=60.0)
         for x in batches(
             [1] * 12
         ):  # a quarter of max_pending (2) arms an immediate drain; the loop is busy here
@@ -160,7 +154,7 @@ def test_beyond_max_pending_batches_are_skipped_and_counted() -> None:
     np.testing.assert_array_equal(recorder.rows[:, 0], np.arange(8))
 
 
-def test_a_failing_observer_is_logged_and_the_others_still_run(caplog) -> None:  # type: ignore[no-untyped-def]
+def test_a_failing_observer_is_logged_and_the_others_still_run(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> Recorder:
         feeder = ObserverFeeder(linger=0.01)
         feeder.start(asyncio.get_running_loop())
@@ -182,10 +176,7 @@ def test_a_failing_observer_is_logged_and_the_others_still_run(caplog) -> None: 
 
 def test_rows_handed_over_after_close_are_observed_by_their_caller() -> None:
     async def main() -> Recorder:
-        feeder = ObserverFeeder(linger=0.01)
-        feeder.start(asyncio.get_running_loop())
-        recorder = Recorder()
-        fed = feeder.wrap(recorder, "m/1")
+        feeder, recorder, fed = on_this_loop(linger=0.01)
         first, late = batches([2, 3])
         fed(first)
         await asyncio.to_thread(feeder.close)  # as the service's shutdown calls it
