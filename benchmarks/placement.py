@@ -19,7 +19,6 @@ bench starts it). A diagnostic, not a setting: it shows whether the tail is the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.harness import LiveServer
-from benchmarks.serve import _WRK_SCRIPT, payload
+from benchmarks.serve import payload, wrk_script
 
 
 @dataclass
@@ -154,11 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         group = Path(f"/proc/{server.proc.pid}/autogroup")
         p = payload("v2-json", 1)
         with tempfile.TemporaryDirectory() as tmp:
-            body = Path(tmp) / "body"
-            body.write_bytes(p.body)
-            script = Path(tmp) / "post.lua"
-            headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in p.headers.items())
-            script.write_text(_WRK_SCRIPT.format(body_path=json.dumps(str(body)), headers=headers))
+            script = wrk_script(Path(tmp), p)
             url = server.url(p.path)
             one_run(url, script, args.conns, 2, workers)  # warm-up
             print(f"# {len(workers)} worker(s); batch 1, {args.conns} connections, wrk -t2; {args.runs} runs of "

@@ -193,14 +193,20 @@ end
 """
 
 
+def wrk_script(directory: Path, p: Payload) -> Path:
+    """A wrk Lua script in ``directory`` that POSTs ``p`` (its body in a file beside it) and prints a BENCH line."""
+    body_path = directory / "body"
+    body_path.write_bytes(p.body)
+    headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in p.headers.items())
+    script = directory / "post.lua"
+    script.write_text(_WRK_SCRIPT.format(body_path=json.dumps(str(body_path)), headers=headers))
+    return script
+
+
 def run_wrk(url: str, p: Payload, concurrency: int, seconds: float, cpus: set[int] | None) -> Measured:
     """``wrk`` with one thread (it is pinned to one core) and ``concurrency`` keep-alive connections."""
     with tempfile.TemporaryDirectory() as tmp:
-        body_path = Path(tmp) / "body"
-        body_path.write_bytes(p.body)
-        headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in p.headers.items())
-        script = Path(tmp) / "post.lua"
-        script.write_text(_WRK_SCRIPT.format(body_path=json.dumps(str(body_path)), headers=headers))
+        script = wrk_script(Path(tmp), p)
         argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
         out = subprocess.run(
             [*argv, "-s", str(script), url],
