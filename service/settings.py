@@ -92,7 +92,7 @@ class Settings(BaseSettings):
         default=65536,
         ge=0,
         le=1024 * 1024,
-        description="Inference requests whose uncompressed body is at most this many bytes (64 KiB: about 250 rows of "
+        description="Inference requests whose uncompressed body is at most this many bytes (64 KiB: about 190 rows of "
         "64 features in JSON) are decoded and encoded on the event loop and batched there with the others of the same "
         "loop iteration; a batch of more than 256 rows runs onnxruntime on the inference threads. Larger or "
         "compressed bodies run whole on the inference threads. 0 sends every inference to the threads.",
@@ -102,6 +102,15 @@ class Settings(BaseSettings):
         description="Dynamic batching: the small (inline) inference requests that reach a model in the same event "
         "loop iteration share one onnxruntime run. It never waits for a batch to fill, and a row's answer does "
         "not depend on its batch (Batch Norm is folded).",
+    )
+    cpu_yield_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="When a worker's event loop has worked this many milliseconds without a pause, it lets any "
+        "other task waiting for its CPU run first (sched_yield; Linux only): a sidecar proxy or a client on the "
+        "same cores then waits at most about this long, not until the scheduler's next tick. It costs nothing "
+        "when no task is waiting. 0: never.",
     )
     wire_path: bool = Field(
         default=True,

@@ -34,6 +34,7 @@ from service.settings import Settings
 from service.tabular import Tabular
 from service.tracing import Tracing
 from service.watcher import RepositoryPoller
+from service.yielder import LoopYielder
 
 log = logging.getLogger("bnserve")
 
@@ -59,6 +60,7 @@ class ServiceState:
     startup_error: str | None = None
     version: str = field(default_factory=package_version)
     tracing: Tracing | None = None  # request spans, when the OTEL_* variables ask for them
+    yielder: LoopYielder | None = None  # lets a waiting task have the loop's CPU (service/yielder.py)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(workers=self.settings.workers)
@@ -118,6 +120,8 @@ class ServiceState:
         # on the feeder's thread when they are many (service/observers.py says why).
         self.feeder = ObserverFeeder()
         self.feeder.start(asyncio.get_running_loop())
+        self.yielder = LoopYielder(settings.cpu_yield_ms / 1000)
+        self.yielder.start(asyncio.get_running_loop())
         manager = ModelManager(
             settings.model_repository,
             settings.model_control_mode,
@@ -230,6 +234,8 @@ class ServiceState:
     async def stop(self) -> None:
         """Not ready any more; stop re-reading the repository; let inferences finish; observe what is pending."""
         self.begin_shutdown()
+        if self.yielder is not None:
+            self.yielder.stop()
         if self.poller is not None:
             await self.poller.stop()
         if self.access_log is not None:
