@@ -64,7 +64,10 @@ class AccessLog:
             self.flush()
         elif self._timer is None:
             try:
-                self._timer = asyncio.get_running_loop().call_later(self.interval, self.flush)
+                loop = (
+                    asyncio.get_running_loop()
+                )  # due, it queues behind what is queued (as the observers' drain)
+                self._timer = loop.call_later(self.interval, loop.call_soon, self.flush)
             except RuntimeError:  # no loop (a synchronous caller): write now
                 self.flush()
 

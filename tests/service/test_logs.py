@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import time
 
 import pytest
 
@@ -72,6 +73,42 @@ def test_lines_are_written_by_the_loop_after_the_interval_and_none_is_lost() -> 
 
     before, after = asyncio.run(main())
     assert before == "" and after.count("\n") == 10
+
+
+class Tagged(io.StringIO):
+    """A stream that notes in ``order`` when it is written to."""
+
+    def __init__(self, order: list[str]) -> None:
+        super().__init__()
+        self.order = order
+
+    def write(self, text: str) -> int:
+        self.order.append("write")
+        return super().write(text)
+
+
+def test_a_due_flush_runs_after_the_callbacks_already_queued_on_uvloop() -> None:
+    """uvloop runs due timers before the callbacks queued with ``call_soon``: a flush falling due between a
+    request's submit and its batch run would hold that request. The flush is queued behind them instead."""
+    uvloop = pytest.importorskip("uvloop")
+    order: list[str] = []
+
+    async def main() -> None:
+        log = AccessLog("text", Tagged(order), interval=0.001, batch=1000)
+        entry(log, "/v2/h")  # arms the flush's timer
+        time.sleep(0.01)  # the loop is busy: the timer falls due meanwhile
+        asyncio.get_running_loop().call_soon(order.append, "batch run")  # queued by a request just parsed
+        for _ in range(100):
+            if "write" in order:
+                break
+            await asyncio.sleep(0.005)
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert order == ["batch run", "write"]
 
 
 def test_a_full_batch_is_written_at_once() -> None:

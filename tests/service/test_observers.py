@@ -197,3 +197,28 @@ def test_a_hand_over_after_its_loop_closed_raises_nothing_and_is_observed_at_clo
     feeder.wrap(recorder, "m/1")(batches([4])[0])  # same thread as the loop's, which no longer runs
     feeder.close()
     assert len(recorder.rows) == 4
+
+
+def test_a_due_drain_runs_after_the_callbacks_already_queued_on_uvloop() -> None:
+    """uvloop runs due timers before the callbacks queued with ``call_soon``: a drain falling due between a
+    request's submit and its batch flush (a ``call_soon``) would hold that request for the whole drain. The
+    drain is queued behind them instead."""
+    uvloop = pytest.importorskip("uvloop")
+    order: list[str] = []
+
+    async def main() -> None:
+        feeder = ObserverFeeder(linger=0.001)
+        feeder.start(asyncio.get_running_loop())
+        fed = feeder.wrap(lambda x: order.append("drain"), "m/1")
+        fed(batches([3])[0])  # arms the drain's timer
+        time.sleep(0.01)  # the loop is busy: the timer falls due meanwhile
+        asyncio.get_running_loop().call_soon(order.append, "flush")  # a batch flush a request just queued
+        await wait_for(lambda: "drain" in order)
+        feeder.close()
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert order == ["flush", "drain"]
