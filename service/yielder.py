@@ -67,15 +67,16 @@ class LoopYielder:
             return
         self._loop = loop
         self._seen = self._switches()
-        self._timer = loop.call_later(self.period, self._tick)
+        self._timer = loop.call_later(self.period, loop.call_soon, self._tick)
 
     def stop(self) -> None:
         if self._timer is not None:
-            self._timer.cancel()
+            self._timer.cancel()  # a tick already queued finds the timer gone and does nothing
             self._timer = None
 
     def _tick(self) -> None:
-        assert self._loop is not None
+        if self._timer is None or self._loop is None:
+            return
         self.ticks += 1
         seen = self._switches()
         if seen == self._seen:  # no pause for a whole period: let a waiting task have the CPU
@@ -86,4 +87,8 @@ class LoopYielder:
             self._paused += 1
         self._seen = self._switches()
         quiet = self._paused >= self.quiet_ticks
-        self._timer = self._loop.call_later(self.quiet_period if quiet else self.period, self._tick)
+        # Due, the tick queues behind the callbacks already queued (uvloop runs due timers first): the
+        # responses they write are out before the CPU is given away.
+        self._timer = self._loop.call_later(
+            self.quiet_period if quiet else self.period, self._loop.call_soon, self._tick
+        )

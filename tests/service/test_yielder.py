@@ -98,6 +98,22 @@ def test_an_idle_loop_slows_its_ticks_and_work_speeds_them_up_again() -> None:
     assert calls >= 5
 
 
+def test_a_tick_already_queued_when_it_stops_does_nothing() -> None:
+    async def main() -> tuple[int, bool]:
+        yielder = LoopYielder(0.001)
+        yielder.start(asyncio.get_running_loop())
+        time.sleep(0.005)  # the timer falls due: at the loop's next turn it queues the tick
+        await asyncio.sleep(0)  # that turn
+        await asyncio.sleep(0)  # the next one, where this runs before the queued tick
+        yielder.stop()
+        ticks = yielder.ticks
+        await asyncio.sleep(0.02)
+        return yielder.ticks - ticks, yielder.running
+
+    more, running = asyncio.run(main())
+    assert (more, running) == (0, False)
+
+
 def test_a_zero_period_turns_it_off() -> None:
     async def main() -> bool:
         yielder = LoopYielder(0.0)
