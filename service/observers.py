@@ -12,9 +12,7 @@ small requests gathers in 20 ms under the default row budgets), else on the feed
   lets go of the GIL (each read, each write) the feeder takes it until its next numpy call lets go in turn: a
   convoy that cost the serving thread more than the observers' own arithmetic. Measured on 2 CPUs, batch 1, 32
   connections, 2 workers: about 10 % more CPU per request with the drains on the thread (BENCHMARKS.md).
-- On the loop a drain runs in slices of about ``slice_rows`` rows (256), each slice one callback queued behind
-  the callbacks of the requests that arrived meanwhile: a request waits for one slice at most (~0.3 ms),
-  not for a whole drain, and no thread wakes.
+- On the loop a drain is one callback of a few hundred microseconds every 20 ms, and no thread wakes.
 - A large drain (a burst of big batches) still goes to the thread, so that the loop never stalls for
   milliseconds; large numpy operations release the GIL, so there the thread costs the loop little.
 Drains run one at a time, in arrival order, wherever they run.
@@ -28,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -39,8 +36,8 @@ from service.runtime import LayerObserver, Observer
 
 log = logging.getLogger("bnserve.observers")
 
-# (observer, rows, hidden layers' outputs or None, what, number of rows)
-_Batch = tuple[Any, Any, Sequence[np.ndarray] | None, str, int]
+# (observer, rows, hidden layers' outputs or None, what)
+_Batch = tuple[Any, Any, Sequence[np.ndarray] | None, str]
 
 
 class ObserverFeeder:
@@ -51,22 +48,17 @@ class ObserverFeeder:
     the observers (counted in ``skipped_rows``; the first skip is logged) rather than queued without bound.
     """
 
-    def __init__(
-        self, max_pending: int = 1024, linger: float = 0.02, loop_rows: int = 2048, slice_rows: int = 256
-    ) -> None:
+    def __init__(self, max_pending: int = 1024, linger: float = 0.02, loop_rows: int = 2048) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnserve-observers")
         self._max_pending = max_pending
         self._linger = linger
         self._loop_rows = loop_rows
-        self._slice_rows = slice_rows
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()  # guards _pending, _rows, _due, _scheduled, skipped_rows
-        self._pending: deque[_Batch] = deque()  # in arrival order
+        self._lock = threading.Lock()  # guards _pending, _rows, _scheduled, skipped_rows
+        self._pending: list[_Batch] = []  # in arrival order
         self._rows = 0  # rows in _pending, summed over the observers they are for
-        self._due = 0  # the oldest batches of _pending that the loop drain in progress is to observe
         self._scheduled = False  # a drain is due (a timer armed, or a thread drain queued)
-        # Held while observers run: one slice, drain or flush at a time. A slice takes the oldest due batches;
-        # a thread drain or a flush takes everything pending, the rest of a loop drain's included.
+        # Held while observers run: drains (and flushes) one at a time, each taking everything pending.
         self._draining = threading.Lock()
         self._hurry = threading.Event()  # cuts the thread's linger short (a burst, or the close)
         self._closed = False  # after close(): a late hand-over is observed at once, by its caller
@@ -106,7 +98,7 @@ class ObserverFeeder:
                 full = True
             else:
                 full = False
-                self._pending.append((observe, rows, layers, what, n))
+                self._pending.append((observe, rows, layers, what))
                 self._rows += n
                 schedule = not self._scheduled
                 self._scheduled = True
@@ -144,46 +136,22 @@ class ObserverFeeder:
             pass
 
     def _drain(self) -> None:
-        """The timer fired (on the loop): observe the pending batches here, a slice at a time, if they hold at
-        most ``loop_rows`` rows; else on the thread."""
+        """The timer fired (on the loop): observe here if the pending rows are few and no drain is running,
+        else on the thread."""
         with self._lock:
             if not self._pending:  # flushed meanwhile
                 self._scheduled = False
                 return
-            here = self._rows <= self._loop_rows
-            if here:
-                self._due = len(self._pending)
-        if here:
-            self._slice()
-        else:
-            self._to_thread(0.0)
-
-    def _slice(self) -> None:
-        """Observe the oldest due batches, about ``slice_rows`` rows; queue the next slice behind the callbacks
-        queued meanwhile (the requests that arrived), so that the loop is never held for a whole drain."""
-        assert self._loop is not None
-        if not self._draining.acquire(blocking=False):
-            # A flush (another thread) or the thread's drain is observing: it takes the due batches too.
-            self._loop.call_later(0.001, self._slice)
-            return
-        try:
-            with self._lock:
-                taken: list[_Batch] = []
-                rows = 0
-                while self._due > 0 and (not taken or rows < self._slice_rows):
-                    batch = self._pending.popleft()
-                    taken.append(batch)
-                    rows += batch[4]
-                    self._due -= 1
-                self._rows -= rows
-                more = self._due > 0
-            self._observe(taken)
-        finally:
-            self._draining.release()
-        if more:
-            self._loop.call_soon(self._slice)
-        else:
-            self._again()
+        if self._draining.acquire(blocking=False):
+            try:
+                done = self._observe_pending(self._loop_rows)
+            finally:
+                self._draining.release()
+            if done:
+                self._again()
+                return
+        # many rows, or a drain already running on the thread: queue behind it there
+        self._to_thread(0.0)
 
     def _drain_in_thread(self, linger: float) -> None:
         if linger:
@@ -202,30 +170,30 @@ class ObserverFeeder:
         if again:
             self._schedule(self._linger)
 
-    def _observe_pending(self) -> None:
-        """Run every observer once on all of its pending rows (``_draining`` held: the batches taken here are
-        the oldest not yet observed, the rest of a loop drain's included)."""
+    def _observe_pending(self, max_rows: int | None = None) -> bool:
+        """Run every observer once on all of its pending rows, concatenated in arrival order (``_draining``
+        held: the batches taken here are the oldest not yet observed). With ``max_rows``, only if at most that
+        many rows are pending (checked and taken in one step); returns whether it took them."""
         with self._lock:
-            pending, self._pending, self._rows, self._due = self._pending, deque(), 0, 0
-        self._observe(pending)
-
-    def _observe(self, batches: Iterable[_Batch]) -> None:
-        """Each observer once, on its rows of ``batches`` concatenated in arrival order (``_draining`` held)."""
+            if max_rows is not None and self._rows > max_rows:
+                return False
+            pending, self._pending, self._rows = self._pending, [], 0
         grouped: dict[int, tuple[Any, list[Any], list[Sequence[np.ndarray]], str]] = {}
-        for observe, rows, layers, what, _ in batches:
+        for observe, rows, layers, what in pending:
             group = grouped.setdefault(id(observe), (observe, [], [], what))
             group[1].append(rows)
             if layers is not None:
                 group[2].append(layers)
-        for observe, parts, layer_parts, what in grouped.values():
+        for observe, batches, layer_batches, what in grouped.values():
             try:
-                x = _join(parts)  # (N, F)
-                if layer_parts:  # per layer, (N, units)
-                    observe(x, [_join(list(z)) for z in zip(*layer_parts, strict=True)])
+                x = _join(batches)  # (N, F)
+                if layer_batches:  # per layer, (N, units)
+                    observe(x, [_join(list(z)) for z in zip(*layer_batches, strict=True)])
                 else:
                     observe(x)
             except Exception:  # an observer must never take the feeder down
                 log.exception("observer of %s failed", what)
+        return True
 
     def _skip(self, rows: int, what: str) -> None:
         with self._lock:

@@ -97,66 +97,6 @@ def test_a_drain_over_loop_rows_runs_on_the_feeders_thread_and_order_holds_acros
     assert max(on_loop) <= 100 and min(on_thread) > 100
 
 
-def test_a_loop_drain_runs_in_slices_with_the_requests_that_arrive_between_them() -> None:
-    order: list[str] = []
-
-    async def main() -> Recorder:
-        loop = asyncio.get_running_loop()
-        feeder = ObserverFeeder(linger=0.01, slice_rows=10)
-        feeder.start(loop)
-        recorder = Recorder()
-
-        def observe(x: np.ndarray) -> None:
-            recorder(x)
-            order.append(f"slice of {len(x)}")
-            if len(order) == 1:  # a request's callback, queued while the first slice runs
-                loop.call_soon(order.append, "request")
-
-        fed = feeder.wrap(observe, "m/1")
-        for x in batches([4, 4, 4, 4, 4]):
-            fed(x)
-        await wait_for(lambda: len(recorder.rows) == 20)
-        feeder.close()
-        return recorder
-
-    recorder = asyncio.run(main())
-    # Whole batches, oldest first, until a slice holds slice_rows: 12 rows, then the 8 left
-    assert order == ["slice of 12", "request", "slice of 8"]
-    np.testing.assert_array_equal(recorder.rows[:, 0], np.arange(20))
-
-
-def test_a_flush_during_a_sliced_drain_loses_and_repeats_nothing() -> None:
-    async def main() -> tuple[Recorder, list[int]]:
-        loop = asyncio.get_running_loop()
-        feeder = ObserverFeeder(linger=0.01, slice_rows=3)
-        feeder.start(loop)
-        recorder = Recorder()
-        flusher: list[threading.Thread] = []
-
-        def observe(x: np.ndarray) -> None:
-            if not flusher:  # during the first slice, another thread flushes (it waits for this slice)
-                flusher.append(threading.Thread(target=feeder.flush))
-                flusher[0].start()
-                time.sleep(0.02)
-            recorder(x)
-
-        fed = feeder.wrap(observe, "m/1")
-        for x in batches([2, 2, 2, 2, 2, 2]):
-            fed(x)
-        await wait_for(lambda: len(recorder.rows) == 12)
-        flusher[0].join(10)
-        await asyncio.sleep(0.05)  # the loop's next slice, if any, finds nothing due
-        fed(batches([1])[0] + 12)  # and the feeder still drains what comes next
-        await wait_for(lambda: len(recorder.rows) == 13)
-        feeder.close()
-        return recorder, [len(x) for x, _ in recorder.calls]
-
-    recorder, sizes = asyncio.run(main())
-    # Whichever of the flush and the loop's next slice gets the rest first, every row once, in order
-    np.testing.assert_array_equal(recorder.rows[:, 0], np.arange(13))
-    assert sizes[0] == 4  # the first slice: two batches
-
-
 def test_rows_from_an_inference_thread_are_drained_by_the_loop() -> None:
     async def main() -> tuple[Recorder, int]:
         feeder, recorder, fed = on_this_loop(linger=0.01)
