@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import orjson
 
 from service.logs import escape
+from service.timers import call_later_queued
 
 NAME = "bnserve.access"
 
@@ -64,10 +65,9 @@ class AccessLog:
             self.flush()
         elif self._timer is None:
             try:
-                loop = (
-                    asyncio.get_running_loop()
-                )  # due, it queues behind what is queued (as the observers' drain)
-                self._timer = loop.call_later(self.interval, loop.call_soon, self.flush)
+                # A flush queued when due may run after a full batch was flushed: it then writes the lines
+                # since, a little early, and cancels the timer armed for them. Harmless.
+                self._timer = call_later_queued(asyncio.get_running_loop(), self.interval, self.flush)
             except RuntimeError:  # no loop (a synchronous caller): write now
                 self.flush()
 

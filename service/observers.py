@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from service.runtime import LayerObserver, Observer
+from service.timers import call_later_queued
 
 log = logging.getLogger("bnserve.observers")
 
@@ -118,12 +119,10 @@ class ObserverFeeder:
         loop = self._loop
         if loop is not None:
             try:
-                # Due, the drain queues behind the callbacks already queued: uvloop runs due timers before them,
-                # and a batch flush a request has queued would otherwise wait for the whole drain.
                 if _running_loop() is loop:
-                    loop.call_later(delay, loop.call_soon, self._drain)
+                    call_later_queued(loop, delay, self._drain)
                 else:  # an inference thread: the loop arms the timer
-                    loop.call_soon_threadsafe(loop.call_later, delay, loop.call_soon, self._drain)
+                    loop.call_soon_threadsafe(call_later_queued, loop, delay, self._drain)
                 return
             except RuntimeError:  # the loop is closed: the thread drains
                 pass

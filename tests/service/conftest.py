@@ -8,9 +8,10 @@ Broken variants (truncated, not ONNX, no metadata, metadata contradicting the gr
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -233,3 +234,14 @@ def broken_variants() -> dict[str, tuple[bytes | None, str]]:
             "a regression model must output ['prediction']",
         ),
     }
+
+
+def run_on_uvloop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main()`` to completion on a fresh uvloop loop (the loop the service runs on), then close it."""
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()

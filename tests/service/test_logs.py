@@ -12,6 +12,7 @@ import pytest
 
 from service.accesslog import AccessLog
 from service.logs import JsonFormatter, TextFormatter, configure_logging, escape
+from tests.service.conftest import run_on_uvloop
 
 FORGED = "/v2/x\n2026-01-01 00:00:00,000 INFO bnserve.access: GET /admin 200 0.1ms\x1b[31m\\"
 
@@ -90,7 +91,6 @@ class Tagged(io.StringIO):
 def test_a_due_flush_runs_after_the_callbacks_already_queued_on_uvloop() -> None:
     """uvloop runs due timers before the callbacks queued with ``call_soon``: a flush falling due between a
     request's submit and its batch run would hold that request. The flush is queued behind them instead."""
-    uvloop = pytest.importorskip("uvloop")
     order: list[str] = []
 
     async def main() -> None:
@@ -103,11 +103,7 @@ def test_a_due_flush_runs_after_the_callbacks_already_queued_on_uvloop() -> None
                 break
             await asyncio.sleep(0.005)
 
-    loop = uvloop.new_event_loop()
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
+    run_on_uvloop(main)
     assert order == ["batch run", "write"]
 
 

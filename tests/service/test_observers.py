@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from service.observers import ObserverFeeder
+from tests.service.conftest import run_on_uvloop
 
 
 class Recorder:
@@ -203,7 +204,6 @@ def test_a_due_drain_runs_after_the_callbacks_already_queued_on_uvloop() -> None
     """uvloop runs due timers before the callbacks queued with ``call_soon``: a drain falling due between a
     request's submit and its batch flush (a ``call_soon``) would hold that request for the whole drain. The
     drain is queued behind them instead."""
-    uvloop = pytest.importorskip("uvloop")
     order: list[str] = []
 
     async def main() -> None:
@@ -216,9 +216,5 @@ def test_a_due_drain_runs_after_the_callbacks_already_queued_on_uvloop() -> None
         await wait_for(lambda: "drain" in order)
         feeder.close()
 
-    loop = uvloop.new_event_loop()
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
+    run_on_uvloop(main)
     assert order == ["flush", "drain"]
