@@ -120,8 +120,6 @@ class ServiceState:
         # on the feeder's thread when they are many (service/observers.py says why).
         self.feeder = ObserverFeeder()
         self.feeder.start(asyncio.get_running_loop())
-        self.yielder = LoopYielder(settings.cpu_yield_ms / 1000)
-        self.yielder.start(asyncio.get_running_loop())
         manager = ModelManager(
             settings.model_repository,
             settings.model_control_mode,
@@ -160,6 +158,9 @@ class ServiceState:
                 model.contract.n_outputs,
                 model.path,
             )
+        # Last, so that a failed start-up leaves no timer behind
+        self.yielder = LoopYielder(settings.cpu_yield_ms / 1000)
+        self.yielder.start(asyncio.get_running_loop())
         if settings.model_control_mode == "poll":
             self.poller = RepositoryPoller(
                 manager, settings.repository_poll_seconds, settings.repository_file_events
