@@ -45,7 +45,8 @@ class LiveServer:
     """A server subprocess on ``127.0.0.1:<port>``: by default ``python -m service --host --port *args``.
 
     ``command`` replaces the whole command line (then pass the ``port`` it listens on); ``env`` adds variables;
-    ``cpus`` pins the process (and its children) to those CPUs.
+    ``cpus`` pins the process (and its children) to those CPUs; ``cwd`` runs it from another directory (another
+    checkout's ``python -m service``).
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class LiveServer:
         env: dict[str, str] | None = None,
         cpus: set[int] | None = None,
         name: str = "service",
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.port = port if port is not None else free_port()
@@ -74,7 +76,7 @@ class LiveServer:
         clean.setdefault("OPENBLAS_NUM_THREADS", "1")
         self.proc = subprocess.Popen(
             argv,
-            cwd=ROOT,
+            cwd=cwd or ROOT,
             env={**clean, **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

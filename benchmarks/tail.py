@@ -53,13 +53,16 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def _drain(server: LiveServer) -> list[str]:
-    time.sleep(0.2)  # the access log writes every 20 ms
-    out = []
-    while True:
+    """The lines the server has written since the last call, once it has written none for 0.2 s (the access
+    log writes every 20 ms; requests in flight when wrk stopped finish meanwhile). At most 5 s."""
+    out: list[str] = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
         try:
-            out.append(server.lines.get_nowait())
+            out.append(server.lines.get(timeout=0.2))
         except queue.Empty:
-            return out
+            break
+    return out
 
 
 def _wrk_ms(out: str, label: str) -> float:
@@ -72,9 +75,9 @@ def _wrk_ms(out: str, label: str) -> float:
 def one_run(args: Sequence[str], tree: Path | None, batch: int, conns: int, seconds: int) -> str:
     """One server, warmed up, one measured wrk run: the row to print."""
     port = free_port()
-    argv = [sys.executable, "-m", "service", "--host", HOST, "--port", str(port), "--log-format", "json",
-            "--access-log", "true", "--log-level", "info", *args]  # fmt: skip
-    server = LiveServer(command=["env", "-C", str(tree), *argv] if tree else argv, port=port)
+    argv = [sys.executable, "-m", "service", "--host", HOST, "--port", str(port), "--grpc-port", "0",
+            "--log-format", "json", "--access-log", "true", "--log-level", "info", *args]  # fmt: skip
+    server = LiveServer(command=argv, port=port, cwd=tree)
     try:
         server.wait_ready()
         p = payload("v2-json", batch)
@@ -94,11 +97,13 @@ def one_run(args: Sequence[str], tree: Path | None, batch: int, conns: int, seco
             durations = server_durations(_drain(server))
     finally:
         server.stop()
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if rps is None:
+        raise RuntimeError(f"wrk printed no requests/s:\n{out}")
     if not durations:
         raise RuntimeError("the server wrote no access line")
     return (
-        f"{rps:9,.0f} {_wrk_ms(out, '50%'):8.2f} {_wrk_ms(out, '99%'):8.2f}   "
+        f"{float(rps.group(1)):9,.0f} {_wrk_ms(out, '50%'):8.2f} {_wrk_ms(out, '99%'):8.2f}   "
         f"{percentile(durations, 0.5):8.2f} {percentile(durations, 0.9):8.2f} {percentile(durations, 0.99):8.2f} "
         f"{max(durations):8.2f}"
     )
