@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.harness import LiveServer
-from benchmarks.serve import payload, wrk_script
+from benchmarks.serve import bench_line, payload, wrk_script
 
 
 @dataclass
@@ -113,13 +113,12 @@ def one_run(url: str, script: Path, conns: int, seconds: int, workers: list[int]
         if wrk.poll() is None:
             wrk.kill()
             wrk.wait()
-    line = next(x for x in out.splitlines() if x.startswith("BENCH "))
-    n, duration_us, errors, p50, _p90, p99 = (int(v) for v in line.split()[1:])
-    if errors:
-        raise RuntimeError(f"{errors} requests failed")
+    m = bench_line(out)
+    if m.errors:
+        raise RuntimeError(f"{m.errors} requests failed")
     tick = os.sysconf("SC_CLK_TCK")
     idle = [100 * (b - a) / (tick * elapsed) for a, b in zip(idle0, idle1, strict=True)]
-    return Run(n / (duration_us / 1e6), p50 / 1e3, p99 / 1e3, same / max(total, 1), idle, switches)
+    return Run(m.requests / m.seconds, m.p50_ms, m.p99_ms, same / max(total, 1), idle, switches)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

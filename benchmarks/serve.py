@@ -216,7 +216,14 @@ def run_wrk(url: str, p: Payload, concurrency: int, seconds: float, cpus: set[in
             check=True,
             preexec_fn=_pinned(cpus),
         ).stdout
-    line = next(x for x in out.splitlines() if x.startswith("BENCH "))
+    return bench_line(out)
+
+
+def bench_line(out: str) -> Measured:
+    """What the BENCH line of :func:`wrk_script`'s output says (wrk's microseconds as milliseconds)."""
+    line = next((x for x in out.splitlines() if x.startswith("BENCH ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no BENCH line:\n{out}")
     n, duration_us, errors, p50, p90, p99 = (int(v) for v in line.split()[1:])
     return Measured(n, duration_us / 1e6, errors, p50 / 1e3, p90 / 1e3, p99 / 1e3)
 

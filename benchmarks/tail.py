@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import queue
-import re
 import shlex
 import shutil
 import subprocess
@@ -30,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from benchmarks.harness import HOST, LiveServer, free_port
-from benchmarks.serve import payload, wrk_script
+from benchmarks.serve import bench_line, payload, wrk_script
 
 
 def server_durations(lines: Iterable[str]) -> list[float]:
@@ -65,13 +64,6 @@ def _drain(server: LiveServer) -> list[str]:
     return out
 
 
-def _wrk_ms(out: str, label: str) -> float:
-    m = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
-    if m is None:
-        raise RuntimeError(f"wrk printed no {label} latency:\n{out}")
-    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
-
-
 def one_run(args: Sequence[str], tree: Path | None, batch: int, conns: int, seconds: int) -> str:
     """One server, warmed up, one measured wrk run: the row to print."""
     port = free_port()
@@ -84,7 +76,7 @@ def one_run(args: Sequence[str], tree: Path | None, batch: int, conns: int, seco
         with tempfile.TemporaryDirectory() as tmp:
             script = wrk_script(Path(tmp), p)
             url = server.url(p.path)
-            wrk = ["wrk", "--latency", "-s", str(script)]
+            wrk = ["wrk", "--timeout", "10s", "-s", str(script)]
             subprocess.run([*wrk, "-t2", "-c8", "-d2s", url], capture_output=True, timeout=60, check=True)
             _drain(server)  # the warm-up's lines
             out = subprocess.run(
@@ -97,13 +89,13 @@ def one_run(args: Sequence[str], tree: Path | None, batch: int, conns: int, seco
             durations = server_durations(_drain(server))
     finally:
         server.stop()
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if rps is None:
-        raise RuntimeError(f"wrk printed no requests/s:\n{out}")
+    m = bench_line(out)
+    if m.errors:
+        raise RuntimeError(f"{m.errors} requests failed")
     if not durations:
         raise RuntimeError("the server wrote no access line")
     return (
-        f"{float(rps.group(1)):9,.0f} {_wrk_ms(out, '50%'):8.2f} {_wrk_ms(out, '99%'):8.2f}   "
+        f"{m.requests / m.seconds:9,.0f} {m.p50_ms:8.2f} {m.p99_ms:8.2f}   "
         f"{percentile(durations, 0.5):8.2f} {percentile(durations, 0.9):8.2f} {percentile(durations, 0.99):8.2f} "
         f"{max(durations):8.2f}"
     )

@@ -1,9 +1,9 @@
 """Missing cells and unknown categories: counted per feature, for the metrics and the drift report.
 
-A model with categorical or imputed features (:class:`service.tabular.Tabular`) gets one observer, on the
-observer feeder (batched, after the responses: never on a request's path), that counts, per batch of served rows, the missing cells of each
-feature (NaN in ``input``, ``""`` in ``categorical``: cells the graph imputed) and the categories its graph does
-not know (sent to the unknown bucket). The counts go to the Prometheus counters
+A model with categorical or imputed features (:class:`service.tabular.Tabular`) gets one observer, run by the
+observer feeder (batched, after the responses: never on a request's path), that counts, per batch of served
+rows, the missing cells of each feature (NaN in ``input``, ``""`` in ``categorical``: cells the graph imputed)
+and the categories its graph does not know (sent to the unknown bucket). The counts go to the Prometheus counters
 (``bnserve_missing_cells_total``, ``bnserve_unknown_category_total``) and to the model's :class:`CellMonitor`,
 which the drift report reads: per feature, the live missing rate against the training ``missing_rate``, and the
 unknown-category rate. Live rates are exponentially weighted over the drift monitor's ``window_rows``, as its

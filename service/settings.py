@@ -109,8 +109,8 @@ class Settings(BaseSettings):
         le=1000,
         description="When a worker's event loop has worked this many milliseconds without a pause, it lets any "
         "other task waiting for its CPU run first (sched_yield; Linux only): a sidecar proxy or a client on the "
-        "same cores then waits about this long (checked between the loop's callbacks), not until the scheduler's next tick. It costs nothing "
-        "when no task is waiting. 0: never.",
+        "same cores then waits about this long (checked between the loop's callbacks), not until the "
+        "scheduler's next tick. It costs nothing when no task is waiting. 0: never.",
     )
     wire_path: bool = Field(
         default=True,
